@@ -1,0 +1,172 @@
+"""The fused sequence as registered torch.library ops, with their autograd formula.
+
+`fused_rnn::sequence_forward` / `fused_rnn::sequence_backward` run one direction of one layer
+through the fused driver. Registering them (with fake shape functions) lets torch.compile trace
+models that use them with no graph break, and the same ops serve eager mode. The backward is the
+hand-written BPTT; when the backward itself must be differentiable (create_graph=True, e.g. a
+gradient penalty), it recomputes through fused_rnn.reference so higher-order gradients are exact.
+"""
+
+import torch
+
+from fused_rnn import reference
+
+
+def _triton_sequence():
+    # Imported on first use so that importing fused_rnn never compiles or interprets Triton code.
+    from fused_rnn.backends.triton import sequence
+
+    return sequence
+
+
+@torch.library.custom_op("fused_rnn::sequence_forward", mutates_args=())
+def sequence_forward(
+    cell: str,
+    input: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor | None,
+    bias_hh: torch.Tensor | None,
+    weight_hr: torch.Tensor | None,
+    batch_sizes: list[int] | None,
+    reverse: bool,
+    save: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One direction of one layer, fused.
+
+    Args:
+        cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+        input: (N, I) rows, time-major (fused_rnn.packing). All tensors contiguous.
+        h0: (B, H_out). c0: (B, H) for the LSTM, else None.
+        batch_sizes: active rows per step for packed input, None for N = T * B padded rows.
+        reverse: run from the last step to the first.
+        save: keep what the backward needs.
+
+    Returns:
+        output (N, H_out), h_n (B, H_out), c_n (B, H) or empty, then the saved activations and the
+        LSTM projection's input (both empty unless save).
+    """
+    return _triton_sequence().sequence_forward(
+        cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save
+    )
+
+
+@sequence_forward.register_fake
+def _(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save):
+    return _triton_sequence().forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save)
+
+
+@torch.library.custom_op("fused_rnn::sequence_backward", mutates_args=())
+def sequence_backward(
+    cell: str,
+    grad_output: torch.Tensor,
+    grad_h_n: torch.Tensor,
+    grad_c_n: torch.Tensor | None,
+    input: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    weight_hr: torch.Tensor | None,
+    output: torch.Tensor,
+    saved: torch.Tensor,
+    projection_input: torch.Tensor,
+    batch_sizes: list[int] | None,
+    reverse: bool,
+    has_bias: bool,
+    input_requires_grad: bool,
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """Gradients of input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; absent ones empty."""
+    return _triton_sequence().sequence_backward(
+        cell,
+        grad_output,
+        grad_h_n,
+        grad_c_n,
+        input,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        weight_hr,
+        output,
+        saved,
+        projection_input,
+        batch_sizes,
+        reverse,
+        has_bias,
+        input_requires_grad,
+    )
+
+
+@sequence_backward.register_fake
+def _(cell, grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, weight_hr, *rest):
+    has_bias, input_requires_grad = rest[-2:]
+    return _triton_sequence().backward_outputs(
+        input, h0, c0, weight_ih, weight_hh, weight_hr, has_bias, input_requires_grad
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, _ = inputs
+    out, _, _, saved, projection_input = output
+    ctx.cell, ctx.batch_sizes, ctx.reverse = cell, batch_sizes, reverse
+    ctx.has_bias = bias_ih is not None
+    ctx.save_for_backward(
+        input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, out, saved, projection_input
+    )
+    ctx.mark_non_differentiable(saved, projection_input)
+
+
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projection_input):
+    *tensors, output, saved, projection_input = ctx.saved_tensors
+    input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = tensors
+    needs_grad = ctx.needs_input_grad[1:9]
+    if torch.is_grad_enabled():
+        grads = _differentiable_backward(ctx, tensors, needs_grad, grad_output, grad_h_n, grad_c_n)
+    else:
+        grads = sequence_backward(
+            ctx.cell,
+            grad_output.contiguous(),
+            grad_h_n.contiguous(),
+            grad_c_n.contiguous() if c0 is not None else None,
+            input,
+            h0,
+            c0,
+            weight_ih,
+            weight_hh,
+            weight_hr,
+            output,
+            saved,
+            projection_input,
+            ctx.batch_sizes,
+            ctx.reverse,
+            ctx.has_bias,
+            needs_grad[0],
+        )
+        grads = [g if t is not None and needed else None for g, t, needed in zip(grads, tensors, needs_grad)]
+    return (None, *grads, None, None, None)
+
+
+def _differentiable_backward(ctx, tensors, needs_grad, grad_output, grad_h_n, grad_c_n):
+    """The backward as autograd-visible reference ops, so that it can itself be differentiated."""
+    wanted = [i for i, (t, needed) in enumerate(zip(tensors, needs_grad)) if t is not None and needed]
+    with torch.enable_grad():
+        output, h_n, c_n = reference.sequence(ctx.cell, *tensors, ctx.batch_sizes, ctx.reverse)
+        outputs, grad_outputs = [output, h_n], [grad_output, grad_h_n]
+        if c_n is not None:
+            outputs.append(c_n)
+            grad_outputs.append(grad_c_n)
+        found = torch.autograd.grad(
+            outputs, [tensors[i] for i in wanted], grad_outputs, create_graph=True, allow_unused=True
+        )
+    grads = [None] * len(tensors)
+    for i, g in zip(wanted, found):
+        grads[i] = g
+    return grads
+
+
+sequence_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,59 @@
+"""Which implementations can serve a call here, and which one backend="auto" picks.
+
+- "reference": plain PyTorch ops step by step (fused_rnn.reference); any device and dtype. The oracle.
+- "triton": fused Triton cell kernels (fused_rnn.backends.triton) on CUDA GPUs, or on CPU under the
+  Triton interpreter when TRITON_INTERPRET=1 was set before fused_rnn was imported (slow; for tests).
+"""
+
+import importlib.util
+import os
+
+import torch
+
+NAMES = ("auto", "triton", "reference")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+def _triton_unavailable(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on `device`, or None when they can."""
+    if not _TRITON_INSTALLED:
+        return "triton is not installed (pip install triton)"
+    if device.type == "cuda" and TRITON_INTERPRETER:
+        return "TRITON_INTERPRET=1 is set, which runs Triton on CPU tensors only"
+    if device.type == "cpu" and not TRITON_INTERPRETER:
+        return "on CPU the Triton kernels run only under the interpreter (set TRITON_INTERPRET=1 before importing fused_rnn)"
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton kernels do not run on {device.type} tensors"
+    return None
+
+
+def available_backends() -> dict[str, str]:
+    """Each backend's name -> whether it works on this machine, and why not when it does not."""
+    cuda = torch.cuda.is_available()
+    status = {"reference": "available: plain PyTorch ops on any device and dtype (the oracle; slow)"}
+    reason = _triton_unavailable(torch.device("cuda" if cuda else "cpu"))
+    if reason is not None:
+        status["triton"] = f"unavailable: {reason}"
+    elif TRITON_INTERPRETER:
+        status["triton"] = "available on CPU through the Triton interpreter (TRITON_INTERPRET=1): correct, slow"
+    else:
+        status["triton"] = f"available on CUDA ({torch.cuda.get_device_name()})"
+    return status
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that will run a call on `device`/`dtype`; raises ValueError when the one asked for can't."""
+    if backend not in NAMES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, NAMES))}, got {backend!r}")
+    if backend == "reference":
+        return backend
+    reason = _triton_unavailable(device)
+    if reason is None and dtype not in TRITON_DTYPES:
+        reason = f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
+    if backend == "triton":
+        if reason is not None:
+            raise ValueError(f"backend='triton' cannot run here: {reason}")
+        return backend
+    return "triton" if reason is None and device.type == "cuda" else "reference"

@@ -1,0 +1,95 @@
+"""Fused GRU pointwise kernels: one launch per time step, forward and backward.
+
+Gate blocks r, z, n as in torch.nn. The n gate needs h W_hn^T + b_hn apart from the input
+projection (n = tanh(x_n + r * (h W_hn^T + b_hn))), so the recurrent bias is added here and
+never folded into the input projection.
+"""
+
+import triton
+import triton.language as tl
+
+from fused_rnn.backends.triton.cell_math import load_bias, load_gate, preactivation, sigmoid, store_gate, tanh
+
+
+@triton.jit
+def gru_fwd_kernel(
+    p_xg,  # [bs, 3H] x W_ih^T + b_ih, this step
+    p_hg,  # [bs, 3H] h W_hh^T
+    p_bias,  # [3H] b_hh
+    p_h,  # [B, H] hidden state: rows < bs read as h, overwritten with h'
+    p_c,  # unused: the GRU has no cell state
+    p_out,  # [bs, H] h'
+    p_saved,  # [bs, 4H] (ACC) r, z, n, h W_hn^T + b_hn for the backward
+    bs,
+    H,
+    HAS_BIAS: tl.constexpr,
+    WRITE_H: tl.constexpr,
+    SAVE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (rows[:, None] < bs) & (cols[None, :] < H)
+    state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
+
+    b_r = sigmoid(preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, 3, HAS_BIAS, ACC))
+    b_z = sigmoid(preactivation(p_xg, p_hg, p_bias, 1, rows, cols, mask, H, 3, HAS_BIAS, ACC))
+    b_hn = load_gate(p_hg, 2, rows, cols, mask, H, 3, ACC) + load_bias(p_bias, 2, cols, H, HAS_BIAS, ACC)
+    b_n = tanh(load_gate(p_xg, 2, rows, cols, mask, H, 3, ACC) + b_r * b_hn)
+    b_h = tl.load(p_h + state, mask=mask, other=0.0).to(ACC)
+    b_h_new = ((1.0 - b_z) * b_n + b_z * b_h).to(p_out.dtype.element_ty)
+
+    tl.store(p_out + state, b_h_new, mask=mask)
+    if WRITE_H:
+        tl.store(p_h + state, b_h_new, mask=mask)
+    if SAVE:
+        store_gate(p_saved, 0, b_r, rows, cols, mask, H, 4)
+        store_gate(p_saved, 1, b_z, rows, cols, mask, H, 4)
+        store_gate(p_saved, 2, b_n, rows, cols, mask, H, 4)
+        store_gate(p_saved, 3, b_hn, rows, cols, mask, H, 4)
+
+
+@triton.jit
+def gru_bwd_kernel(
+    p_dh,  # [B, H] gradient reaching h' from later steps: rows < bs overwritten with its z * dh' part of dh
+    p_dout,  # [bs, H] gradient of this step's output, added to p_dh when HAS_DOUT
+    p_dc,  # unused: the GRU has no cell state
+    p_saved,  # [bs, 4H] (ACC) r, z, n, h W_hn^T + b_hn from the forward
+    p_hprev,  # [bs, H] h this step started from
+    p_out,  # unused
+    p_dgx,  # [bs, 3H] gradient of x W_ih^T + b_ih
+    p_dgh,  # [bs, 3H] gradient of h W_hh^T + b_hh
+    bs,
+    H,
+    HAS_DOUT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (rows[:, None] < bs) & (cols[None, :] < H)
+    state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
+
+    b_r = load_gate(p_saved, 0, rows, cols, mask, H, 4, ACC)
+    b_z = load_gate(p_saved, 1, rows, cols, mask, H, 4, ACC)
+    b_n = load_gate(p_saved, 2, rows, cols, mask, H, 4, ACC)
+    b_hn = load_gate(p_saved, 3, rows, cols, mask, H, 4, ACC)
+    b_h = tl.load(p_hprev + state, mask=mask, other=0.0).to(ACC)
+
+    b_dh = tl.load(p_dh + state, mask=mask, other=0.0).to(ACC)
+    if HAS_DOUT:
+        b_dh += tl.load(p_dout + state, mask=mask, other=0.0).to(ACC)
+    b_dn = b_dh * (1.0 - b_z) * (1.0 - b_n * b_n)
+    b_dz = b_dh * (b_h - b_n) * b_z * (1.0 - b_z)
+    b_dr = b_dn * b_hn * b_r * (1.0 - b_r)
+
+    store_gate(p_dgx, 0, b_dr, rows, cols, mask, H, 3)
+    store_gate(p_dgx, 1, b_dz, rows, cols, mask, H, 3)
+    store_gate(p_dgx, 2, b_dn, rows, cols, mask, H, 3)
+    store_gate(p_dgh, 0, b_dr, rows, cols, mask, H, 3)
+    store_gate(p_dgh, 1, b_dz, rows, cols, mask, H, 3)
+    store_gate(p_dgh, 2, b_dn * b_r, rows, cols, mask, H, 3)
+    tl.store(p_dh + state, (b_dh * b_z).to(p_dh.dtype.element_ty), mask=mask)

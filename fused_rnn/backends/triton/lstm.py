@@ -1,0 +1,96 @@
+"""Fused LSTM pointwise kernels: one launch per time step, forward and backward.
+
+The driver (fused_rnn/sequence.py) runs the GEMMs; these kernels do all the elementwise work
+between them. Rows are the step's active batch (a prefix of the state buffers), columns the hidden
+units; gate blocks are laid out i, f, g, o as in torch.nn.
+"""
+
+import triton
+import triton.language as tl
+
+from fused_rnn.backends.triton.cell_math import load_gate, preactivation, sigmoid, store_gate, tanh
+
+
+@triton.jit
+def lstm_fwd_kernel(
+    p_xg,  # [bs, 4H] x W_ih^T + b_ih, this step
+    p_hg,  # [bs, 4H] h W_hh^T
+    p_bias,  # [4H] b_hh
+    p_h,  # [B, H] hidden state: rows < bs overwritten with h' when WRITE_H
+    p_c,  # [B, H] (ACC) cell state: rows < bs read as c, overwritten with c'
+    p_out,  # [bs, H] h' (before the projection when the layer has one)
+    p_saved,  # [bs, 5H] (ACC) i, f, g, o, c for the backward
+    bs,
+    H,
+    HAS_BIAS: tl.constexpr,
+    WRITE_H: tl.constexpr,
+    SAVE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (rows[:, None] < bs) & (cols[None, :] < H)
+    state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
+
+    b_i = sigmoid(preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, 4, HAS_BIAS, ACC))
+    b_f = sigmoid(preactivation(p_xg, p_hg, p_bias, 1, rows, cols, mask, H, 4, HAS_BIAS, ACC))
+    b_g = tanh(preactivation(p_xg, p_hg, p_bias, 2, rows, cols, mask, H, 4, HAS_BIAS, ACC))
+    b_o = sigmoid(preactivation(p_xg, p_hg, p_bias, 3, rows, cols, mask, H, 4, HAS_BIAS, ACC))
+    b_c = tl.load(p_c + state, mask=mask, other=0.0).to(ACC)
+    b_c_new = b_f * b_c + b_i * b_g
+    b_h = (b_o * tanh(b_c_new)).to(p_out.dtype.element_ty)
+
+    tl.store(p_c + state, b_c_new, mask=mask)
+    tl.store(p_out + state, b_h, mask=mask)
+    if WRITE_H:
+        tl.store(p_h + state, b_h, mask=mask)
+    if SAVE:
+        store_gate(p_saved, 0, b_i, rows, cols, mask, H, 5)
+        store_gate(p_saved, 1, b_f, rows, cols, mask, H, 5)
+        store_gate(p_saved, 2, b_g, rows, cols, mask, H, 5)
+        store_gate(p_saved, 3, b_o, rows, cols, mask, H, 5)
+        store_gate(p_saved, 4, b_c, rows, cols, mask, H, 5)
+
+
+@triton.jit
+def lstm_bwd_kernel(
+    p_dh,  # [B, H] gradient reaching h' from later steps (rows < bs)
+    p_dout,  # [bs, H] gradient of this step's output, added to p_dh when HAS_DOUT
+    p_dc,  # [B, H] (ACC) gradient reaching c': rows < bs overwritten with the gradient of c
+    p_saved,  # [bs, 5H] (ACC) i, f, g, o, c from the forward
+    p_hprev,  # unused: no LSTM gate reads h outside the GEMM
+    p_out,  # unused
+    p_dgx,  # [bs, 4H] gradient of the gate pre-activations
+    p_dgh,  # unused: equal to p_dgx for the LSTM
+    bs,
+    H,
+    HAS_DOUT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (rows[:, None] < bs) & (cols[None, :] < H)
+    state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
+
+    b_i = load_gate(p_saved, 0, rows, cols, mask, H, 5, ACC)
+    b_f = load_gate(p_saved, 1, rows, cols, mask, H, 5, ACC)
+    b_g = load_gate(p_saved, 2, rows, cols, mask, H, 5, ACC)
+    b_o = load_gate(p_saved, 3, rows, cols, mask, H, 5, ACC)
+    b_c = load_gate(p_saved, 4, rows, cols, mask, H, 5, ACC)
+    b_tanh_c = tanh(b_f * b_c + b_i * b_g)
+
+    b_dh = tl.load(p_dh + state, mask=mask, other=0.0).to(ACC)
+    if HAS_DOUT:
+        b_dh += tl.load(p_dout + state, mask=mask, other=0.0).to(ACC)
+    b_dc = tl.load(p_dc + state, mask=mask, other=0.0).to(ACC)
+    b_dc += b_dh * b_o * (1.0 - b_tanh_c * b_tanh_c)
+
+    store_gate(p_dgx, 0, b_dc * b_g * b_i * (1.0 - b_i), rows, cols, mask, H, 4)
+    store_gate(p_dgx, 1, b_dc * b_c * b_f * (1.0 - b_f), rows, cols, mask, H, 4)
+    store_gate(p_dgx, 2, b_dc * b_i * (1.0 - b_g * b_g), rows, cols, mask, H, 4)
+    store_gate(p_dgx, 3, b_dh * b_tanh_c * b_o * (1.0 - b_o), rows, cols, mask, H, 4)
+    tl.store(p_dc + state, b_dc * b_f, mask=mask)

@@ -1,0 +1,176 @@
+"""The fused sequence driver: GEMMs plus one fused Triton kernel per time step, forward and backward.
+
+One driver serves every cell; the cell only changes the gate count and the step kernels.
+Forward: the input projection of all steps is one GEMM; each step is one `h W_hh^T` GEMM and one
+pointwise kernel (plus the `W_hr` GEMM for a projected LSTM). Backward walks the steps in reverse
+with one pointwise kernel and one `W_hh` GEMM per step; the weight, bias and input gradients are
+single GEMMs/reductions over all steps afterwards. No atomics, so results are deterministic.
+
+Rows follow fused_rnn.packing: state buffers hold the whole batch and each step reads and writes
+the prefix of rows it has active, so packed sequences need no special case.
+"""
+
+import torch
+
+from fused_rnn.backends.triton.launch import backward_step, forward_step
+from fused_rnn.cells import CELLS
+from fused_rnn.packing import previous_hidden, time_steps
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save):
+    """Empty (output, h_n, c_n, saved, projection_input) as sequence_forward returns them.
+
+    saved and projection_input have no rows unless save; c_n has none for cells without one.
+    """
+    spec = CELLS[cell]
+    hidden = weight_hh.shape[0] // spec.gates
+    rows, acc = input.shape[0], accumulate_dtype(input.dtype)
+    saved_rows = rows if save and spec.saved_width else 0
+    projected_rows = rows if save and weight_hr is not None else 0
+    return (
+        input.new_empty(rows, h0.shape[1]),
+        torch.empty_like(h0),
+        torch.empty_like(c0) if spec.has_cell_state else input.new_empty(0),
+        input.new_empty(saved_rows, spec.saved_width * hidden, dtype=acc),
+        input.new_empty(projected_rows, hidden),
+    )
+
+
+def sequence_forward(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save):
+    """Run one direction of one layer; see fused_rnn.autograd.sequence_forward for the arguments."""
+    spec = CELLS[cell]
+    output, h, c_n, saved, projection_input = forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save)
+    batch, hidden = h0.shape[0], weight_hh.shape[0] // spec.gates
+    if bias_ih is None:
+        input_gates = torch.mm(input, weight_ih.t())
+    else:
+        input_gates = torch.addmm(bias_ih, input, weight_ih.t())
+    hidden_gates = input.new_empty(batch, weight_hh.shape[0])
+    h.copy_(h0)
+    c = c0.to(accumulate_dtype(input.dtype), copy=True) if spec.has_cell_state else None
+    if weight_hr is not None and not save:
+        projection_scratch = input.new_empty(batch, hidden)
+
+    for offset, active in time_steps(batch_sizes, input.shape[0], batch, reverse):
+        rows = slice(offset, offset + active)
+        torch.mm(h[:active], weight_hh.t(), out=hidden_gates[:active])
+        if weight_hr is None:
+            step_output = output[rows]
+        else:
+            step_output = projection_input[rows] if save else projection_scratch[:active]
+        forward_step(
+            cell,
+            xg=input_gates[rows],
+            hg=hidden_gates[:active],
+            bias=bias_hh,
+            h=h,
+            c=c,
+            out=step_output,
+            saved=saved[rows] if saved.shape[0] else None,
+            write_h=weight_hr is None,
+        )
+        if weight_hr is not None:
+            torch.mm(step_output, weight_hr.t(), out=output[rows])
+            h[:active] = output[rows]
+
+    if spec.has_cell_state:
+        c_n.copy_(c)
+    return output, h, c_n, saved, projection_input
+
+
+def backward_outputs(input, h0, c0, weight_ih, weight_hh, weight_hr, has_bias, input_requires_grad):
+    """Empty gradients as sequence_backward returns them; absent ones have no elements."""
+
+    def like(t, present=True):
+        return torch.empty_like(t) if t is not None and present else input.new_empty(0)
+
+    bias = input.new_empty(weight_hh.shape[0]) if has_bias else None
+    return (
+        like(input, input_requires_grad),
+        like(h0),
+        like(c0),
+        like(weight_ih),
+        like(weight_hh),
+        like(bias),
+        like(bias),
+        like(weight_hr),
+    )
+
+
+def sequence_backward(
+    cell,
+    grad_output,
+    grad_h_n,
+    grad_c_n,
+    input,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    weight_hr,
+    output,
+    saved,
+    projection_input,
+    batch_sizes,
+    reverse,
+    has_bias,
+    input_requires_grad,
+):
+    """Backpropagation through time for one direction of one layer."""
+    spec = CELLS[cell]
+    rows_total, batch = input.shape[0], h0.shape[0]
+    h_prev = previous_hidden(output, h0, batch_sizes, reverse)
+    grad_input_gates = input.new_empty(rows_total, weight_hh.shape[0])
+    # Only the GRU's gradients w.r.t. the input and hidden projections differ (n = tanh(x_n + r * h_n)).
+    grad_hidden_gates = torch.empty_like(grad_input_gates) if spec.is_gru else grad_input_gates
+    dh = grad_h_n.clone()
+    dc = grad_c_n.to(accumulate_dtype(input.dtype), copy=True) if spec.has_cell_state else None
+    if weight_hr is not None:
+        grad_projected = input.new_empty(rows_total, weight_hr.shape[0])
+        grad_projection_input = input.new_empty(batch, weight_hr.shape[1])
+
+    for offset, active in reversed(time_steps(batch_sizes, rows_total, batch, reverse)):
+        rows = slice(offset, offset + active)
+        if weight_hr is not None:
+            torch.add(dh[:active], grad_output[rows], out=grad_projected[rows])
+            torch.mm(grad_projected[rows], weight_hr, out=grad_projection_input[:active])
+        backward_step(
+            cell,
+            dh=grad_projection_input if weight_hr is not None else dh,
+            dout=None if weight_hr is not None else grad_output[rows],
+            dc=dc,
+            saved=saved[rows] if spec.saved_width else None,
+            hprev=h_prev[rows],
+            out=output[rows],
+            dgx=grad_input_gates[rows],
+            dgh=grad_hidden_gates[rows],
+        )
+        if spec.is_gru:  # the kernel left z * dh' in dh: add the path through W_hh
+            dh[:active].addmm_(grad_hidden_gates[rows], weight_hh)
+        else:
+            torch.mm(grad_hidden_gates[rows], weight_hh, out=dh[:active])
+
+    def absent():
+        return input.new_empty(0)
+
+    grad_bias_ih = grad_input_gates.sum(0) if has_bias else absent()
+    if not has_bias:
+        grad_bias_hh = absent()
+    elif spec.is_gru:
+        grad_bias_hh = grad_hidden_gates.sum(0)
+    else:
+        grad_bias_hh = grad_bias_ih.clone()
+    return (
+        torch.mm(grad_input_gates, weight_ih) if input_requires_grad else absent(),
+        dh,
+        dc.to(input.dtype) if spec.has_cell_state else absent(),
+        torch.mm(grad_input_gates.t(), input),
+        torch.mm(grad_hidden_gates.t(), h_prev),
+        grad_bias_ih,
+        grad_bias_hh,
+        torch.mm(grad_projected.t(), projection_input) if weight_hr is not None else absent(),
+    )

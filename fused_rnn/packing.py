@@ -1,0 +1,49 @@
+"""Row bookkeeping for sequences stored time-major, padded or packed.
+
+A sequence of T steps is stored as N rows: step t owns rows [offset_t, offset_t + batch_t). Padded
+input (T, B, I) is the case batch_t = B for every t. Packed input is torch's PackedSequence layout:
+batch sorted by decreasing length, so the active rows of each step are a prefix of the batch and
+short sequences never compute on padding.
+"""
+
+import itertools
+
+import torch
+
+
+def time_steps(
+    batch_sizes: list[int] | None, num_rows: int, batch: int, reverse: bool
+) -> list[tuple[int, int]]:
+    """(row offset, active batch) of each time step, in the order the recurrence visits them."""
+    if batch_sizes is None:
+        steps = [(offset, batch) for offset in range(0, num_rows, batch)]
+    else:
+        offsets = itertools.accumulate(batch_sizes[:-1], initial=0)
+        steps = list(zip(offsets, batch_sizes))
+    return steps[::-1] if reverse else steps
+
+
+def previous_hidden(
+    output: torch.Tensor, h0: torch.Tensor, batch_sizes: list[int] | None, reverse: bool
+) -> torch.Tensor:
+    """The hidden state each row's step started from, as an (N, H) tensor.
+
+    Row (t, b) started from the output of (t - 1, b) (t + 1 when reverse), or from h0[b] when that
+    step does not exist or was not active for b.
+    """
+    batch = h0.shape[0]
+    if batch_sizes is None:
+        if reverse:
+            return torch.cat([output[batch:], h0])
+        return torch.cat([h0, output[:-batch]])
+    sizes = torch.tensor(batch_sizes)
+    num_steps, num_rows = len(batch_sizes), output.shape[0]
+    offsets = torch.cumsum(sizes, 0) - sizes
+    step = torch.repeat_interleave(torch.arange(num_steps), sizes)
+    row_in_batch = torch.arange(num_rows) - offsets[step]
+    prev_step = step + 1 if reverse else step - 1
+    exists = (prev_step >= 0) & (prev_step < num_steps)
+    prev_step = prev_step.clamp(0, num_steps - 1)
+    from_output = exists & (row_in_batch < sizes[prev_step])
+    index = torch.where(from_output, offsets[prev_step] + row_in_batch, num_rows + row_in_batch)
+    return torch.cat([output, h0]).index_select(0, index.to(output.device))
