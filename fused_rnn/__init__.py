@@ -2,6 +2,18 @@
 
 from fused_rnn import functional, reference
 from fused_rnn.backends import available_backends
+from fused_rnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch
 
-__all__ = ["available_backends", "functional", "reference"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "GRUCell",
+    "LSTMCell",
+    "RNNCell",
+    "available_backends",
+    "from_torch",
+    "functional",
+    "reference",
+]
 __version__ = "0.1.0"

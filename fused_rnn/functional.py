@@ -44,7 +44,7 @@ def lstm(
         output (T, B, H_out) or (N, H_out), and (h_n, c_n) as in hx.
     """
     h0, c0 = (None, None) if hx is None else _pair(hx)
-    output, h_n, c_n = _sequence(
+    output, h_n, c_n = sequence(
         "lstm", input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, backend
     )
     return output, (h_n, c_n)
@@ -63,7 +63,7 @@ def gru(
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """GRU over a sequence (gates r, z, n); arguments as for lstm, with weights (3H, ·) and hx = h0 (B, H)."""
-    output, h_n, _ = _sequence(
+    output, h_n, _ = sequence(
         "gru", input, hx, None, weight_ih, weight_hh, bias_ih, bias_hh, None, batch_sizes, reverse, backend
     )
     return output, h_n
@@ -85,7 +85,7 @@ def rnn(
     """Elman RNN over a sequence, h' = tanh|relu(x W_ih^T + b_ih + h W_hh^T + b_hh); arguments as for gru."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    output, h_n, _ = _sequence(
+    output, h_n, _ = sequence(
         f"rnn_{nonlinearity}", input, hx, None, weight_ih, weight_hh, bias_ih, bias_hh, None, batch_sizes, reverse, backend
     )
     return output, h_n
@@ -113,7 +113,11 @@ def _pair(hx):
     return hx
 
 
-def _sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, backend):
+def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, backend):
+    """Any cell ("lstm", "gru", "rnn_tanh", "rnn_relu") over a sequence: (output, h_n, c_n or None).
+
+    The entry point the modules use; arguments as for lstm, with h0/c0 given apart (None for zeros).
+    """
     spec = CELLS[cell]
     batch_sizes = _batch_sizes(batch_sizes, input)
     _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)

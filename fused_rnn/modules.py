@@ -1,0 +1,324 @@
+"""Drop-in replacements for torch.nn.LSTM, GRU, RNN and their cells.
+
+Each class subclasses its torch.nn counterpart, so the constructor, parameter names, shapes,
+initialisation and state_dict are torch.nn's own; only forward runs on fused_rnn's backends, chosen
+by the extra `backend` argument ("auto" by default).
+"""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from fused_rnn import functional
+from fused_rnn.backends import NAMES
+
+
+def _check_backend(backend):
+    if backend not in NAMES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, NAMES))}, got {backend!r}")
+    return backend
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs recurrent layers in on this device (as torch.nn's), or None when it is off."""
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class _FusedRNNBase:
+    """forward() for the multi-layer modules; mixed into subclasses of torch.nn.RNNBase."""
+
+    def _cell(self) -> str:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
+
+    def _layer_weights(self, layer: int, reverse: bool):
+        suffix = f"_l{layer}{'_reverse' if reverse else ''}"
+        get = lambda name: getattr(self, f"{name}{suffix}", None)
+        weight_hr = get("weight_hr") if self.proj_size > 0 else None
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), weight_hr
+
+    def forward(self, input, hx=None):
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            batch_sizes = batch_sizes.tolist()
+            batch, unbatched = batch_sizes[0], False
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D tensor")
+            unbatched, batch_sizes = input.dim() == 2, None
+            x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first else input
+            batch = x.shape[1]
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}")
+        h0, c0 = self._initial_state(hx, x, batch, unbatched)
+        if packed and sorted_indices is not None:
+            h0 = h0.index_select(1, sorted_indices)
+            c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
+
+        cast = _autocast_dtype(x.device.type)
+        with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
+            output, h_n, c_n = self._run_layers(x, h0, c0, batch_sizes, cast)
+
+        if packed:
+            output = PackedSequence(output, input.batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n = h_n.index_select(1, unsorted_indices)
+                c_n = c_n.index_select(1, unsorted_indices) if c_n is not None else None
+        elif unbatched:
+            output, h_n = output.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if c_n is not None else None
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n) if c_n is not None else h_n
+
+    def _run_layers(self, x, h0, c0, batch_sizes, cast):
+        if cast is not None:
+            x, h0 = x.to(cast), h0.to(cast)
+            c0 = c0.to(cast) if c0 is not None else None
+        directions = 2 if self.bidirectional else 1
+        cell = self._cell()
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                weights = self._layer_weights(layer, direction == 1)
+                if cast is not None:
+                    weights = [w.to(cast) if w is not None else None for w in weights]
+                output, h, c = functional.sequence(
+                    cell,
+                    x,
+                    h0[index],
+                    c0[index] if c0 is not None else None,
+                    *weights,
+                    batch_sizes,
+                    direction == 1,
+                    self.backend,
+                )
+                outputs.append(output)
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outputs, -1) if directions == 2 else outputs[0]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, torch.stack(h_n), torch.stack(c_n) if c0 is not None else None
+
+    def _initial_state(self, hx, x, batch, unbatched):
+        directions = 2 if self.bidirectional else 1
+        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h_shape = (self.num_layers * directions, batch, h_size)
+        c_shape = (self.num_layers * directions, batch, self.hidden_size)
+        has_c = self._cell() == "lstm"
+        if hx is None:
+            zeros = lambda shape: x.new_zeros(shape)
+            return zeros(h_shape), zeros(c_shape) if has_c else None
+        if has_c:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx must be a tuple (h_0, c_0) for an LSTM, got {type(hx).__name__}")
+            states = [("h_0", hx[0], h_shape), ("c_0", hx[1], c_shape)]
+        else:
+            states = [("hx", hx, h_shape)]
+        checked = []
+        for name, state, shape in states:
+            if not isinstance(state, torch.Tensor):
+                raise TypeError(f"{name} must be a Tensor, got {type(state).__name__}")
+            expected_dim = 2 if unbatched else 3
+            if state.dim() != expected_dim:
+                raise ValueError(
+                    f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} input, {name} should also be "
+                    f"{expected_dim}-D but got {state.dim()}-D tensor"
+                )
+            if unbatched:
+                state = state.unsqueeze(1)
+            if tuple(state.shape) != shape:
+                got = tuple(state.shape[:1] + state.shape[2:]) if unbatched else tuple(state.shape)
+                want = (shape[0], shape[2]) if unbatched else shape
+                raise ValueError(f"Expected {name} size {want}, got {got}")
+            if state.dtype != x.dtype:
+                raise TypeError(f"{name} has dtype {state.dtype} but input has {x.dtype}")
+            if state.device != x.device:
+                raise ValueError(f"{name} is on {state.device} but input is on {x.device}")
+            checked.append(state)
+        return checked[0], checked[1] if has_c else None
+
+    def to_torch(self) -> nn.Module:
+        """The same layer as a torch.nn module (cuDNN on GPU), with copies of the parameters."""
+        return _copy_into(self, _TORCH_CLASS[type(self)])
+
+
+class LSTM(_FusedRNNBase, nn.LSTM):
+    """torch.nn.LSTM on fused kernels; same arguments plus `backend` ("auto", "triton", "reference")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend(backend)
+
+    def _cell(self):
+        return "lstm"
+
+
+class GRU(_FusedRNNBase, nn.GRU):
+    """torch.nn.GRU on fused kernels; same arguments plus `backend` ("auto", "triton", "reference")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend(backend)
+
+    def _cell(self):
+        return "gru"
+
+
+class RNN(_FusedRNNBase, nn.RNN):
+    """torch.nn.RNN on fused kernels; same arguments plus `backend` ("auto", "triton", "reference")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend(backend)
+
+    def _cell(self):
+        return f"rnn_{self.nonlinearity}"
+
+
+class _FusedCellBase:
+    """forward() for the cells; mixed into subclasses of torch.nn.RNNCellBase."""
+
+    def _cell(self) -> str:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
+
+    def forward(self, input, hx=None):
+        name = type(self).__name__
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        if x.shape[1] != self.input_size:
+            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[1]}")
+        has_c = self._cell() == "lstm"
+        if hx is None:
+            h = c = None
+        elif has_c:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx must be a tuple (h, c) for an LSTMCell, got {type(hx).__name__}")
+            h, c = (self._check_state(n, s, x, unbatched) for n, s in (("hx[0]", hx[0]), ("hx[1]", hx[1])))
+        else:
+            h, c = self._check_state("hx", hx, x, unbatched), None
+
+        cast = _autocast_dtype(x.device.type)
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
+            if cast is not None:
+                x = x.to(cast)
+                h, c = (s.to(cast) if s is not None else None for s in (h, c))
+                weights = [w.to(cast) if w is not None else None for w in weights]
+            _, h, c = functional.sequence(self._cell(), x.unsqueeze(0), h, c, *weights, None, None, False, self.backend)
+        if unbatched:
+            h, c = h.squeeze(0), c.squeeze(0) if c is not None else None
+        return (h, c) if has_c else h
+
+    def _check_state(self, name, state, x, unbatched):
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(state).__name__}")
+        if state.dim() != x.dim() - unbatched:
+            raise ValueError(f"{name} must be {x.dim() - unbatched}-D like input, got {state.dim()}-D")
+        state = state.unsqueeze(0) if unbatched else state
+        if tuple(state.shape) != (x.shape[0], self.hidden_size):
+            raise ValueError(f"{name} must have shape {(x.shape[0], self.hidden_size)}, got {tuple(state.shape)}")
+        if state.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {state.dtype} but input has {x.dtype}")
+        if state.device != x.device:
+            raise ValueError(f"{name} is on {state.device} but input is on {x.device}")
+        return state
+
+    def to_torch(self) -> nn.Module:
+        """The same cell as a torch.nn module, with copies of the parameters."""
+        return _copy_into(self, _TORCH_CLASS[type(self)])
+
+
+class LSTMCell(_FusedCellBase, nn.LSTMCell):
+    """torch.nn.LSTMCell on fused kernels; same arguments plus `backend`."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend(backend)
+
+    def _cell(self):
+        return "lstm"
+
+
+class GRUCell(_FusedCellBase, nn.GRUCell):
+    """torch.nn.GRUCell on fused kernels; same arguments plus `backend`."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend(backend)
+
+    def _cell(self):
+        return "gru"
+
+
+class RNNCell(_FusedCellBase, nn.RNNCell):
+    """torch.nn.RNNCell on fused kernels; same arguments plus `backend`."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend(backend)
+
+    def _cell(self):
+        return f"rnn_{self.nonlinearity}"
+
+
+_TORCH_CLASS = {LSTM: nn.LSTM, GRU: nn.GRU, RNN: nn.RNN, LSTMCell: nn.LSTMCell, GRUCell: nn.GRUCell, RNNCell: nn.RNNCell}
+_FUSED_CLASS = {torch_class: fused for fused, torch_class in _TORCH_CLASS.items()}
+
+
+def _copy_into(module: nn.Module, cls: type, **extra) -> nn.Module:
+    """A new `cls` module with `module`'s configuration and a copy of its parameters and mode."""
+    config = {"input_size": module.input_size, "hidden_size": module.hidden_size, "bias": module.bias}
+    if isinstance(module, nn.RNNBase):
+        config.update(
+            num_layers=module.num_layers,
+            batch_first=module.batch_first,
+            dropout=module.dropout,
+            bidirectional=module.bidirectional,
+        )
+    if isinstance(module, nn.LSTM):
+        config["proj_size"] = module.proj_size
+    if isinstance(module, (nn.RNN, nn.RNNCell)):
+        config["nonlinearity"] = module.nonlinearity
+    parameter = next(module.parameters())
+    with torch.device("meta"):  # no initialisation: it would draw from the user's random stream
+        copy = cls(**config, dtype=parameter.dtype, **extra)
+    copy = copy.to_empty(device=parameter.device)
+    copy.load_state_dict(module.state_dict())
+    return copy.train(module.training)
+
+
+def from_torch(module: nn.Module, backend: str = "auto") -> nn.Module:
+    """fused_rnn's version of a torch.nn recurrent module, with a copy of its parameters.
+
+    Given any other module, replaces every torch.nn.LSTM/GRU/RNN/LSTMCell/GRUCell/RNNCell inside it
+    (in place) and returns it, so `model = fused_rnn.from_torch(model)` converts a whole model.
+    """
+    fused = _FUSED_CLASS.get(type(module))
+    if fused is not None:
+        return _copy_into(module, fused, backend=_check_backend(backend))
+    for name, child in module.named_children():
+        setattr(module, name, from_torch(child, backend))
+    return module

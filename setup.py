@@ -1,0 +1,5 @@
+"""Builds fused_rnn; metadata lives in pyproject.toml."""
+
+from setuptools import setup
+
+setup()
