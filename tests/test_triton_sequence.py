@@ -1,0 +1,139 @@
+"""The fused Triton path (kernels + driver) against the reference: outputs, final states and every gradient."""
+
+import pytest
+import torch
+
+from checks import TOLERANCE, assert_close, assert_within_twice_torch_error, gradients
+from fused_rnn import functional
+from layers import layer_weights, sequence_inputs
+
+CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+NAMES = ["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
+SHAPES = [  # T, B, I, H
+    pytest.param(1, 1, 1, 1, id="T1-B1-I1-H1"),
+    pytest.param(1, 3, 5, 7, id="T1-B3-I5-H7"),
+    pytest.param(4, 1, 3, 33, id="T4-B1-I3-H33"),
+    pytest.param(3, 5, 8, 100, id="T3-B5-I8-H100"),
+    pytest.param(5, 2, 16, 16, id="T5-B2-I16-H16"),
+]
+
+
+def run_both(cell, inputs, weights, batch_sizes, reverse):
+    """(outputs, gradients) of the triton and the reference backends on the same leaves."""
+    x, h0, c0 = inputs
+    leaves = [x, h0, c0, *weights]
+    results = []
+    for backend in ("triton", "reference"):
+        outputs = functional.sequence(cell, x, h0, c0, *weights, batch_sizes, reverse, backend)
+        results.append((outputs, gradients(outputs, leaves)))
+    return results
+
+
+def assert_match(results, dtype):
+    (ours, our_grads), (ref, ref_grads) = results
+    atol, rtol = TOLERANCE[dtype]
+    for name, r, o in zip(["output", "h_n", "c_n"], ref, ours):
+        assert_close(name, r, o, atol, rtol)
+    for name, r, o in zip(NAMES, ref_grads, our_grads):
+        assert_close(f"grad {name}", r, o, atol, rtol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("steps, batch, input_size, hidden", SHAPES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference(cell, steps, batch, input_size, hidden, reverse, dtype):
+    weights = layer_weights(cell, input_size, hidden, dtype=dtype)
+    x, h0, c0, _ = sequence_inputs(cell, steps, batch, input_size, hidden, dtype=dtype)
+    assert_match(run_both(cell, (x, h0, c0), weights, None, reverse), dtype)
+
+
+@pytest.mark.parametrize("initial_state", [True, False], ids=["h0", "no-h0"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_without_bias(cell, initial_state):
+    weights = layer_weights(cell, 6, 9, bias=False)
+    x, h0, c0, _ = sequence_inputs(cell, 4, 3, 6, 9, initial_state=initial_state)
+    assert_match(run_both(cell, (x, h0, c0), weights, None, False), torch.float64)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", [[5, 3, 3, 1], [1], [2, 2]], ids=["5-3-3-1", "1", "2-2"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_packed(cell, lengths, reverse):
+    weights = layer_weights(cell, 4, 7)
+    x, h0, c0, batch_sizes = sequence_inputs(cell, None, len(lengths), 4, 7, lengths=lengths)
+    assert_match(run_both(cell, (x, h0, c0), weights, batch_sizes, reverse), torch.float64)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_lstm_projection(bias, reverse, packed):
+    weights = layer_weights("lstm", 5, 11, bias=bias, proj=4)
+    x, h0, c0, batch_sizes = sequence_inputs("lstm", 4, 3, 5, 11, proj=4, lengths=[4, 2, 1] if packed else None)
+    assert_match(run_both("lstm", (x, h0, c0), weights, batch_sizes, reverse), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_low_precision_error_within_twice_torch(cell, dtype):
+    """fp16/bf16 storage with fp32 math is at least half as accurate as PyTorch's own same-dtype ops."""
+    weights = layer_weights(cell, 8, 24)
+    x, h0, c0, _ = sequence_inputs(cell, 6, 4, 8, 24)
+    leaves = [x, h0, c0, *weights]
+    exact = functional.sequence(cell, *leaves[:3], *weights, None, False, "reference")
+    exact_grads = gradients(exact, leaves)
+    low = [t.detach().to(dtype).requires_grad_() if t is not None else None for t in leaves]
+    results = {}
+    for backend in ("triton", "reference"):
+        outputs = functional.sequence(cell, *low[:3], *low[3:], None, False, backend)
+        results[backend] = (outputs, gradients(outputs, low))
+    floor = 1e-3 if dtype == torch.float16 else 1e-2
+    for i, name in enumerate(["output", "h_n", "c_n"]):
+        if exact[i] is not None:
+            assert results["triton"][0][i].dtype == dtype
+            assert_within_twice_torch_error(name, exact[i], results["triton"][0][i], results["reference"][0][i], floor)
+    for i, name in enumerate(NAMES):
+        if exact_grads[i] is not None:
+            assert_within_twice_torch_error(
+                f"grad {name}", exact_grads[i], results["triton"][1][i], results["reference"][1][i], floor
+            )
+
+
+@pytest.mark.parametrize(
+    "cell, proj, lengths, reverse",
+    [
+        pytest.param("lstm", 0, None, False, id="lstm"),
+        pytest.param("lstm", 2, [3, 2], True, id="lstm-proj-packed-reverse"),
+        pytest.param("gru", 0, None, True, id="gru-reverse"),
+        pytest.param("gru", 0, [3, 1], False, id="gru-packed"),
+        pytest.param("rnn_tanh", 0, None, False, id="rnn_tanh"),
+        pytest.param("rnn_relu", 0, None, False, id="rnn_relu"),
+    ],
+)
+def test_gradcheck(cell, proj, lengths, reverse):
+    """The hand-written backward is the exact derivative of the fused forward (float64 finite differences)."""
+    hidden = 3
+    weights = layer_weights(cell, 2, hidden, proj=proj)
+    x, h0, c0, batch_sizes = sequence_inputs(cell, 3, 2, 2, hidden, proj=proj, lengths=lengths)
+    if cell == "rnn_relu":  # keep pre-activations away from relu's kink, where finite differences are wrong
+        with torch.no_grad():
+            weights[2].add_(2.0)
+
+    def run(*leaves):
+        return tuple(o for o in functional.sequence(cell, *leaves, batch_sizes, reverse, "triton") if o is not None)
+
+    leaves = [x, h0, c0, *weights]
+    assert torch.autograd.gradcheck(run, leaves, fast_mode=True)
+
+
+def test_inference_saves_nothing_and_matches():
+    """Under no_grad the kernels skip saving activations; results are the same."""
+    weights = layer_weights("lstm", 4, 6)
+    x, h0, c0, _ = sequence_inputs("lstm", 3, 2, 4, 6)
+    with torch.no_grad():
+        ours = functional.sequence("lstm", x, h0, c0, *weights, None, False, "triton")
+    ref = functional.sequence("lstm", x, h0, c0, *weights, None, False, "reference")
+    for name, r, o in zip(["output", "h_n", "c_n"], ref, ours):
+        assert_close(name, r.detach(), o, *TOLERANCE[torch.float64])
+    assert not ours[0].requires_grad
