@@ -86,7 +86,18 @@ def rnn(
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     output, h_n, _ = sequence(
-        f"rnn_{nonlinearity}", input, hx, None, weight_ih, weight_hh, bias_ih, bias_hh, None, batch_sizes, reverse, backend
+        f"rnn_{nonlinearity}",
+        input,
+        hx,
+        None,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        None,
+        batch_sizes,
+        reverse,
+        backend,
     )
     return output, h_n
 
@@ -104,7 +115,9 @@ def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, bac
 
 def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", backend="auto"):
     """One Elman RNN step: input (B, I), hx (B, H) or None; returns h'."""
-    return rnn(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity, backend=backend)[1]
+    return rnn(
+        input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity, backend=backend
+    )[1]
 
 
 def _pair(hx):
@@ -146,7 +159,9 @@ def _batch_sizes(batch_sizes, input):
         if input.dim() != 3:
             raise ValueError(f"input must be 3-D (T, B, I), got shape {tuple(input.shape)}")
         if input.shape[0] == 0 or input.shape[1] == 0:
-            raise ValueError(f"input must have at least one time step and one batch entry, got shape {tuple(input.shape)}")
+            raise ValueError(
+                f"input must have at least one time step and one batch entry, got shape {tuple(input.shape)}"
+            )
         return None
     if isinstance(batch_sizes, torch.Tensor):
         batch_sizes = batch_sizes.tolist()
@@ -161,7 +176,13 @@ def _batch_sizes(batch_sizes, input):
 
 
 def _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
-    named = {"weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh, "weight_hr": weight_hr}
+    named = {
+        "weight_ih": weight_ih,
+        "weight_hh": weight_hh,
+        "bias_ih": bias_ih,
+        "bias_hh": bias_hh,
+        "weight_hr": weight_hr,
+    }
     for name, t in named.items():
         if t is None:
             continue
@@ -179,7 +200,9 @@ def _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_h
     hidden = gate_rows // spec.gates
     if weight_hr is not None:
         if weight_hr.dim() != 2 or weight_hr.shape[1] != hidden or weight_hr.shape[0] >= hidden:
-            raise ValueError(f"weight_hr must be (proj_size, {hidden}) with proj_size < {hidden}, got shape {tuple(weight_hr.shape)}")
+            raise ValueError(
+                f"weight_hr must be (proj_size, {hidden}) with proj_size < {hidden}, got shape {tuple(weight_hr.shape)}"
+            )
     hidden_out = weight_hr.shape[0] if weight_hr is not None else hidden
     if weight_hh.shape[1] != hidden_out:
         raise ValueError(f"weight_hh must be ({gate_rows}, {hidden_out}), got shape {tuple(weight_hh.shape)}")

@@ -1,8 +1,10 @@
 """Drop-in replacements for torch.nn.LSTM, GRU, RNN and their cells.
 
-Each class subclasses its torch.nn counterpart, so the constructor, parameter names, shapes,
-initialisation and state_dict are torch.nn's own; only forward runs on fused_rnn's backends, chosen
-by the extra `backend` argument ("auto" by default).
+The layers subclass torch.nn.RNNBase and the cells their torch.nn cell, so the constructor,
+parameter names, shapes, initialisation and state_dict are torch.nn's own; only forward runs on
+fused_rnn's backends, chosen by the extra `backend` argument ("auto" by default). The layers are
+deliberately not subclasses of torch.nn.LSTM/GRU/RNN: torch.compile refuses to trace any instance of
+those (it breaks the graph), which is one of the things these layers exist to fix.
 """
 
 import contextlib
@@ -60,7 +62,9 @@ class _FusedRNNBase:
             x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first else input
             batch = x.shape[1]
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}")
+            raise ValueError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
+            )
         h0, c0 = self._initial_state(hx, x, batch, unbatched)
         if packed and sorted_indices is not None:
             h0 = h0.index_select(1, sorted_indices)
@@ -157,33 +161,44 @@ class _FusedRNNBase:
         return _copy_into(self, _TORCH_CLASS[type(self)])
 
 
-class LSTM(_FusedRNNBase, nn.LSTM):
+class LSTM(_FusedRNNBase, nn.RNNBase):
     """torch.nn.LSTM on fused kernels; same arguments plus `backend` ("auto", "triton", "reference")."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__("LSTM", *args, **kwargs)
         self.backend = _check_backend(backend)
 
     def _cell(self):
         return "lstm"
 
 
-class GRU(_FusedRNNBase, nn.GRU):
+class GRU(_FusedRNNBase, nn.RNNBase):
     """torch.nn.GRU on fused kernels; same arguments plus `backend` ("auto", "triton", "reference")."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
         self.backend = _check_backend(backend)
 
     def _cell(self):
         return "gru"
 
 
-class RNN(_FusedRNNBase, nn.RNN):
+class RNN(_FusedRNNBase, nn.RNNBase):
     """torch.nn.RNN on fused kernels; same arguments plus `backend` ("auto", "triton", "reference")."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        # nonlinearity is the fourth positional argument of torch.nn.RNN, after num_layers.
+        if len(args) > 3:
+            self.nonlinearity, args = args[3], args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(f"RNN_{self.nonlinearity.upper()}", *args, **kwargs)
         self.backend = _check_backend(backend)
 
     def _cell(self):
@@ -209,7 +224,9 @@ class _FusedCellBase:
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         if x.shape[1] != self.input_size:
-            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[1]}")
+            raise ValueError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[1]}"
+            )
         has_c = self._cell() == "lstm"
         if hx is None:
             h = c = None
@@ -284,7 +301,14 @@ class RNNCell(_FusedCellBase, nn.RNNCell):
         return f"rnn_{self.nonlinearity}"
 
 
-_TORCH_CLASS = {LSTM: nn.LSTM, GRU: nn.GRU, RNN: nn.RNN, LSTMCell: nn.LSTMCell, GRUCell: nn.GRUCell, RNNCell: nn.RNNCell}
+_TORCH_CLASS = {
+    LSTM: nn.LSTM,
+    GRU: nn.GRU,
+    RNN: nn.RNN,
+    LSTMCell: nn.LSTMCell,
+    GRUCell: nn.GRUCell,
+    RNNCell: nn.RNNCell,
+}
 _FUSED_CLASS = {torch_class: fused for fused, torch_class in _TORCH_CLASS.items()}
 
 
@@ -298,9 +322,9 @@ def _copy_into(module: nn.Module, cls: type, **extra) -> nn.Module:
             dropout=module.dropout,
             bidirectional=module.bidirectional,
         )
-    if isinstance(module, nn.LSTM):
+    if getattr(module, "mode", None) == "LSTM":
         config["proj_size"] = module.proj_size
-    if isinstance(module, (nn.RNN, nn.RNNCell)):
+    if hasattr(module, "nonlinearity"):
         config["nonlinearity"] = module.nonlinearity
     parameter = next(module.parameters())
     with torch.device("meta"):  # no initialisation: it would draw from the user's random stream

@@ -11,9 +11,7 @@ import itertools
 import torch
 
 
-def time_steps(
-    batch_sizes: list[int] | None, num_rows: int, batch: int, reverse: bool
-) -> list[tuple[int, int]]:
+def time_steps(batch_sizes: list[int] | None, num_rows: int, batch: int, reverse: bool) -> list[tuple[int, int]]:
     """(row offset, active batch) of each time step, in the order the recurrence visits them."""
     if batch_sizes is None:
         steps = [(offset, batch) for offset in range(0, num_rows, batch)]

@@ -34,7 +34,9 @@ def gradients(outputs, inputs, seed: int = 1):
     """Gradients of a random weighted sum of `outputs` w.r.t. those `inputs` that are not None."""
     generator = torch.Generator().manual_seed(seed)
     loss = sum(
-        (o * torch.randn(o.shape, generator=generator, dtype=torch.float64).to(o)).sum() for o in outputs if o is not None
+        (o * torch.randn(o.shape, generator=generator, dtype=torch.float64).to(o)).sum()
+        for o in outputs
+        if o is not None
     )
     present = [i for i in inputs if i is not None]
     found = iter(torch.autograd.grad(loss, present))

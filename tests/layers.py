@@ -12,7 +12,9 @@ def layer_weights(cell, input_size, hidden, *, bias=True, proj=0, dtype=torch.fl
     scale = hidden**-0.5
 
     def param(*shape):
-        return ((torch.rand(shape, dtype=torch.float64) * 2 - 1) * scale).to(dtype=dtype, device=device).requires_grad_()
+        return (
+            ((torch.rand(shape, dtype=torch.float64) * 2 - 1) * scale).to(dtype=dtype, device=device).requires_grad_()
+        )
 
     return (
         param(gates, input_size),
@@ -29,7 +31,19 @@ def packed_batch_sizes(lengths: list[int]) -> list[int]:
     return [sum(length > t for length in lengths) for t in range(lengths[0])]
 
 
-def sequence_inputs(cell, steps, batch, input_size, hidden, *, proj=0, lengths=None, initial_state=True, dtype=torch.float64, device="cpu"):
+def sequence_inputs(
+    cell,
+    steps,
+    batch,
+    input_size,
+    hidden,
+    *,
+    proj=0,
+    lengths=None,
+    initial_state=True,
+    dtype=torch.float64,
+    device="cpu",
+):
     """(input, h0, c0, batch_sizes): padded (T, B, I) input, or packed rows when lengths are given."""
     batch_sizes = packed_batch_sizes(lengths) if lengths else None
     rows = sum(batch_sizes) if batch_sizes else None

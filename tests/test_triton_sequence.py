@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 from checks import TOLERANCE, assert_close, assert_within_twice_torch_error, gradients
-from fused_rnn import functional
 from layers import layer_weights, sequence_inputs
+
+from fused_rnn import functional
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 NAMES = ["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]

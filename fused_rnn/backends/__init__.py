@@ -23,7 +23,7 @@ def _triton_unavailable(device: torch.device) -> str | None:
     if device.type == "cuda" and TRITON_INTERPRETER:
         return "TRITON_INTERPRET=1 is set, which runs Triton on CPU tensors only"
     if device.type == "cpu" and not TRITON_INTERPRETER:
-        return "on CPU the Triton kernels run only under the interpreter (set TRITON_INTERPRET=1 before importing fused_rnn)"
+        return "on CPU the Triton kernels run only in the interpreter (TRITON_INTERPRET=1 before importing fused_rnn)"
     if device.type not in ("cpu", "cuda"):
         return f"Triton kernels do not run on {device.type} tensors"
     return None

@@ -4,10 +4,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fused_rnn.cells import CELLS
 from fused_rnn.backends.triton.gru import gru_bwd_kernel, gru_fwd_kernel
 from fused_rnn.backends.triton.lstm import lstm_bwd_kernel, lstm_fwd_kernel
 from fused_rnn.backends.triton.rnn import rnn_bwd_kernel, rnn_fwd_kernel
+from fused_rnn.cells import CELLS
 
 # cell name -> (forward kernel, backward kernel, cell-specific constexprs)
 KERNELS = {

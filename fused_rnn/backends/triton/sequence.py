@@ -40,7 +40,9 @@ def forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save):
     )
 
 
-def sequence_forward(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save):
+def sequence_forward(
+    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save
+):
     """Run one direction of one layer; see fused_rnn.autograd.sequence_forward for the arguments."""
     spec = CELLS[cell]
     output, h, c_n, saved, projection_input = forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save)

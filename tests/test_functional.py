@@ -1,0 +1,165 @@
+"""fused_rnn.functional: the public per-layer functions, backend choice and argument checks."""
+
+import pytest
+import torch
+from checks import TOLERANCE, assert_close
+from layers import layer_weights
+from torch import nn
+
+import fused_rnn
+from fused_rnn import functional
+from fused_rnn.backends import resolve
+
+
+def test_available_backends_explains_each():
+    status = fused_rnn.available_backends()
+    assert set(status) == {"reference", "triton"}
+    assert all(text.startswith(("available", "unavailable: ")) for text in status.values())
+    if not torch.cuda.is_available():
+        assert status["triton"].startswith("available on CPU through the Triton interpreter")
+
+
+def test_resolve():
+    cpu, double = torch.device("cpu"), torch.float64
+    assert resolve("reference", cpu, double) == "reference"
+    assert resolve("auto", cpu, double) == "reference"  # the interpreter is for tests, never chosen by "auto"
+    assert resolve("triton", cpu, double) == "triton"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve("cudnn", cpu, double)
+    with pytest.raises(ValueError, match="dtype"):
+        resolve("triton", cpu, torch.complex64)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_public_functions_match_torch_nn(backend):
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    atol, rtol = TOLERANCE[torch.float64]
+    lstm = nn.LSTM(3, 5).double()
+    h0, c0 = torch.randn(1, 2, 5, dtype=torch.float64), torch.randn(1, 2, 5, dtype=torch.float64)
+    expected, (h_n, c_n) = lstm(x, (h0, c0))
+    output, (ours_h, ours_c) = functional.lstm(x, (h0[0], c0[0]), *lstm._flat_weights, backend=backend)
+    for name, e, o in [("output", expected, output), ("h_n", h_n[0], ours_h), ("c_n", c_n[0], ours_c)]:
+        assert_close(f"lstm {name}", e, o, atol, rtol)
+
+    gru = nn.GRU(3, 5).double()
+    expected, h_n = gru(x)
+    output, ours_h = functional.gru(x, None, *gru._flat_weights, backend=backend)
+    assert_close("gru output", expected, output, atol, rtol)
+    assert_close("gru h_n", h_n[0], ours_h, atol, rtol)
+
+    rnn = nn.RNN(3, 5, nonlinearity="relu", bias=False).double()
+    expected, h_n = rnn(x)
+    output, ours_h = functional.rnn(x, None, *rnn._flat_weights, nonlinearity="relu", backend=backend)
+    assert_close("rnn output", expected, output, atol, rtol)
+
+    cell = nn.GRUCell(3, 5).double()
+    h = torch.randn(2, 5, dtype=torch.float64)
+    assert_close(
+        "gru_cell", cell(x[0], h), functional.gru_cell(x[0], h, *cell.parameters(), backend=backend), atol, rtol
+    )
+    cell = nn.LSTMCell(3, 5).double()
+    for name, e, o in zip("hc", cell(x[0]), functional.lstm_cell(x[0], None, *cell.parameters(), backend=backend)):
+        assert_close(f"lstm_cell {name}", e, o, atol, rtol)
+    cell = nn.RNNCell(3, 5, nonlinearity="tanh").double()
+    assert_close(
+        "rnn_cell", cell(x[0], h), functional.rnn_cell(x[0], h, *cell.parameters(), backend=backend), atol, rtol
+    )
+
+
+def lstm_call(**changes):
+    """functional.lstm on valid arguments (T=4, B=2, I=3, H=5), with some replaced."""
+    w_ih, w_hh, b_ih, b_hh = (w.detach() for w in layer_weights("lstm", 3, 5)[:4])
+    arguments = {
+        "input": torch.randn(4, 2, 3, dtype=torch.float64),
+        "hx": (torch.zeros(2, 5, dtype=torch.float64), torch.zeros(2, 5, dtype=torch.float64)),
+        "weight_ih": w_ih,
+        "weight_hh": w_hh,
+        "bias_ih": b_ih,
+        "bias_hh": b_hh,
+    }
+    arguments.update(changes)
+    return functional.lstm(**arguments)
+
+
+DOUBLE = torch.float64
+BAD_CALLS = [
+    pytest.param({"input": [[1.0]]}, TypeError, "input must be a Tensor", id="input-not-tensor"),
+    pytest.param({"input": torch.ones(4, 2, 3, dtype=torch.long)}, TypeError, "floating-point", id="input-int"),
+    pytest.param({"input": torch.ones(4, 3, dtype=DOUBLE)}, ValueError, "input must be 3-D", id="input-2d"),
+    pytest.param({"input": torch.ones(0, 2, 3, dtype=DOUBLE)}, ValueError, "at least one time step", id="input-empty"),
+    pytest.param({"input": torch.ones(4, 2, 6, dtype=DOUBLE)}, ValueError, "weight_ih must be", id="input-size"),
+    pytest.param({"input": torch.ones(4, 2, 3)}, TypeError, "weight_ih has dtype", id="dtype-mismatch"),
+    pytest.param({"weight_hh": torch.ones(20, 4, dtype=DOUBLE)}, ValueError, "weight_hh must be", id="weight_hh-shape"),
+    pytest.param({"weight_hh": torch.ones(18, 5, dtype=DOUBLE)}, ValueError, "weight_hh must be", id="weight_hh-gates"),
+    pytest.param({"bias_ih": torch.ones(19, dtype=DOUBLE)}, ValueError, "bias_ih must be", id="bias-shape"),
+    pytest.param({"bias_hh": None}, ValueError, "given together", id="one-bias"),
+    pytest.param({"weight_hr": torch.ones(5, 5, dtype=DOUBLE)}, ValueError, "weight_hr must be", id="proj-too-big"),
+    pytest.param(
+        {"hx": torch.zeros(2, 5, dtype=DOUBLE)}, TypeError, r"hx must be a tuple \(h0, c0\)", id="hx-not-pair"
+    ),
+    pytest.param(
+        {"hx": (torch.zeros(3, 5, dtype=DOUBLE), torch.zeros(2, 5, dtype=DOUBLE))},
+        ValueError,
+        "h0 must have shape",
+        id="h0-shape",
+    ),
+    pytest.param(
+        {"hx": (torch.zeros(2, 5, dtype=DOUBLE), torch.zeros(2, 4, dtype=DOUBLE))},
+        ValueError,
+        "c0 must have shape",
+        id="c0-shape",
+    ),
+    pytest.param(
+        {"hx": (torch.zeros(2, 5), torch.zeros(2, 5, dtype=DOUBLE))}, TypeError, "h0 has dtype", id="h0-dtype"
+    ),
+    pytest.param(
+        {"hx": (torch.zeros(2, 5, dtype=DOUBLE), torch.zeros(2, 5, dtype=DOUBLE, device="meta"))},
+        ValueError,
+        "c0 is on meta",
+        id="c0-device",
+    ),
+    pytest.param(
+        {"weight_ih": torch.zeros(20, 3, dtype=DOUBLE, device="meta")},
+        ValueError,
+        "weight_ih is on meta",
+        id="weight-device",
+    ),
+    pytest.param({"batch_sizes": [2, 2]}, ValueError, "packed input must be 2-D", id="packed-3d"),
+    pytest.param(
+        {"input": torch.ones(4, 3, dtype=DOUBLE), "batch_sizes": [1, 2, 1]},
+        ValueError,
+        "non-increasing",
+        id="batch_sizes-order",
+    ),
+    pytest.param(
+        {"input": torch.ones(4, 3, dtype=DOUBLE), "batch_sizes": [2, 1]}, ValueError, "sum to 3", id="batch_sizes-sum"
+    ),
+    pytest.param({"backend": "cudnn"}, ValueError, "backend must be one of", id="backend"),
+]
+
+
+@pytest.mark.parametrize("changes, error, message", BAD_CALLS)
+def test_bad_arguments_raise_named_errors(changes, error, message):
+    with pytest.raises(error, match=message):
+        lstm_call(**changes)
+
+
+def test_valid_call_passes():
+    """The baseline of the table above is itself valid, so each bad call fails for its own reason."""
+    output, (h_n, c_n) = lstm_call()
+    assert output.shape == (4, 2, 5) and h_n.shape == c_n.shape == (2, 5)
+
+
+def test_rnn_nonlinearity_checked():
+    w = layer_weights("rnn_tanh", 3, 5)
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu'"):
+        functional.rnn(torch.randn(2, 1, 3, dtype=DOUBLE), None, *w[:4], nonlinearity="sigmoid")
+
+
+def test_inputs_not_modified():
+    weights = [w.detach() for w in layer_weights("gru", 3, 5)[:4]]
+    x, h0 = torch.randn(4, 2, 3, dtype=DOUBLE), torch.randn(2, 5, dtype=DOUBLE)
+    before = [t.clone() for t in (x, h0, *weights)]
+    functional.gru(x, h0, *weights, backend="triton")
+    for original, now in zip(before, (x, h0, *weights)):
+        assert torch.equal(original, now)

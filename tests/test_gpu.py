@@ -1,0 +1,109 @@
+"""On a CUDA GPU: the Triton backend against cuDNN (through torch.nn) and an exact float64 reference.
+
+Every test here is marked `gpu`; tests/conftest.py skips them when CUDA is absent.
+"""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fused_rnn
+from checks import assert_within_twice_torch_error
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+TORCH_CLASS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}
+# Our error against float64 may exceed twice cuDNN's by this much (near-zero outputs in low precision).
+FLOOR = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+def outputs_and_grads(module, x, lengths):
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    module_input = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths else x
+    output, state = module(module_input)
+    if lengths:
+        output = pad_packed_sequence(output)[0]
+    states = list(state) if isinstance(state, tuple) else [state]
+    generator = torch.Generator(device=x.device).manual_seed(1)
+    loss = sum(
+        (t.float() * torch.randn(t.shape, device=x.device, generator=generator)).sum() for t in [output, *states]
+    )
+    loss.backward()
+    return [output, *states, x.grad, *(p.grad for p in module.parameters())]
+
+
+CASES = [  # cell, T, B, I, H, extra constructor arguments, packed lengths
+    pytest.param("lstm", 1, 1, 8, 33, {}, None, id="lstm-T1-B1-H33"),
+    pytest.param("lstm", 20, 7, 16, 100, {"num_layers": 2, "bidirectional": True}, None, id="lstm-2layer-bidir-H100"),
+    pytest.param("lstm", 12, 5, 16, 64, {"proj_size": 24}, [12, 9, 9, 4, 1], id="lstm-proj-packed"),
+    pytest.param("gru", 30, 16, 32, 257, {}, None, id="gru-H257"),
+    pytest.param("gru", 10, 4, 8, 48, {"bidirectional": True}, [10, 7, 3, 2], id="gru-bidir-packed"),
+    pytest.param("rnn_tanh", 16, 3, 8, 129, {"num_layers": 3}, None, id="rnn-3layer-H129"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("cell, steps, batch, input_size, hidden, extra, lengths", CASES)
+def test_triton_matches_cudnn(cell, steps, batch, input_size, hidden, extra, lengths, dtype):
+    """Our error against a float64 reference is at most twice cuDNN's in the same dtype."""
+    torch.backends.cudnn.allow_tf32 = False
+    cudnn = TORCH_CLASS[cell](input_size, hidden, **extra, device="cuda")
+    exact = fused_rnn.from_torch(cudnn, backend="reference").double()
+    ours = fused_rnn.from_torch(cudnn, backend="triton").to(dtype)
+    cudnn = cudnn.to(dtype)
+    x = torch.randn(steps, batch, input_size, device="cuda")
+    expected = outputs_and_grads(exact, x.double(), lengths)
+    theirs = outputs_and_grads(cudnn, x.to(dtype), lengths)
+    mine = outputs_and_grads(ours, x.to(dtype), lengths)
+    names = ["output", "h_n", "c_n"][: len(expected) - 1 - len(list(cudnn.parameters()))]
+    names += ["grad input", *(f"grad {n}" for n, _ in cudnn.named_parameters())]
+    for name, e, t, m in zip(names, expected, theirs, mine, strict=True):
+        assert m.dtype == t.dtype, name
+        assert_within_twice_torch_error(name, e, m, t, FLOOR[dtype])
+
+
+@pytest.mark.parametrize("cls", [fused_rnn.LSTM, fused_rnn.GRU])
+def test_repeated_runs_are_bit_identical_on_gpu(cls):
+    module = cls(64, 96, num_layers=2, backend="triton", device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(50, 8, 64, device="cuda", dtype=torch.bfloat16)
+    first = outputs_and_grads(module, x, None)
+    for _ in range(3):
+        for i, (a, b) in enumerate(zip(first, outputs_and_grads(module, x, None), strict=True)):
+            assert torch.equal(a, b), f"tensor {i} differs between runs"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("torch_class", [nn.LSTM, nn.GRU])
+def test_autocast_runs_in_the_autocast_dtype(torch_class, dtype):
+    """torch.nn's cuDNN RNN runs in float16 under any CUDA autocast (even bfloat16); ours uses the autocast dtype."""
+    cudnn = torch_class(16, 32, device="cuda")
+    ours = fused_rnn.from_torch(cudnn)
+    x = torch.randn(5, 3, 16, device="cuda")
+    full_precision = cudnn(x)[0]
+    with torch.autocast("cuda", dtype=dtype):
+        cudnn_output, ours_output = cudnn(x)[0], ours(x)[0]
+    assert ours_output.dtype == dtype
+    if dtype == torch.float16:
+        assert cudnn_output.dtype == dtype
+    assert (ours_output.float() - full_precision).abs().max() < 5e-2
+
+
+def test_cuda_move_and_auto_backend():
+    module = fused_rnn.LSTM(8, 16).cuda()
+    assert all(p.is_cuda for p in module.parameters())
+    assert fused_rnn.available_backends()["triton"].startswith("available on CUDA")
+    output, (h_n, c_n) = module(torch.randn(4, 2, 8, device="cuda"))
+    assert output.is_cuda and h_n.shape == c_n.shape == (1, 2, 16)
+
+
+def test_torch_compile_fullgraph_on_gpu():
+    torch._dynamo.reset()
+    module = fused_rnn.GRU(16, 32, num_layers=2, device="cuda")
+    x = torch.randn(10, 4, 16, device="cuda")
+    eager = outputs_and_grads(module, x, None)
+    compiled = outputs_and_grads(torch.compile(module, fullgraph=True), x, None)
+    for i, (e, c) in enumerate(zip(eager, compiled, strict=True)):
+        torch.testing.assert_close(c, e, atol=1e-4, rtol=1e-4, msg=f"tensor {i}")

@@ -1,0 +1,404 @@
+"""fused_rnn.LSTM/GRU/RNN and the cells as drop-in replacements for torch.nn's, in float64 on CPU."""
+
+import copy
+import random
+
+import pytest
+import torch
+from checks import TOLERANCE, assert_close
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+import fused_rnn
+
+ATOL, RTOL = TOLERANCE[torch.float64]
+TORCH_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
+
+
+def random_config(seed: int) -> dict:
+    """A reproducible random layer configuration and input form."""
+    rng = random.Random(seed)
+    cell = rng.choice(list(TORCH_MODULES))
+    hidden = rng.choice([1, 3, 7])
+    return {
+        "cell": cell,
+        "num_layers": rng.randint(1, 3),
+        "bidirectional": rng.random() < 0.5,
+        "batch_first": rng.random() < 0.5,
+        "bias": rng.random() < 0.75,
+        "input_size": rng.choice([1, 4]),
+        "hidden_size": hidden,
+        "proj_size": rng.choice([0, 0, 1, 2]) if cell == "lstm" and hidden > 2 else 0,
+        "form": rng.choice(["padded", "packed", "packed-unsorted", "unbatched"]),
+        "with_hx": rng.random() < 0.5,
+        "steps": rng.randint(1, 4),
+        "batch": rng.randint(1, 3),
+    }
+
+
+def make_torch_module(config) -> nn.Module:
+    kwargs = {k: config[k] for k in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional")}
+    if config["cell"] == "lstm":
+        kwargs["proj_size"] = config["proj_size"]
+    if config["cell"].startswith("rnn"):
+        kwargs["nonlinearity"] = config["cell"][4:]
+    return TORCH_MODULES[config["cell"]](**kwargs, dtype=torch.float64)
+
+
+def make_inputs(config, generator):
+    """(input, hx, leaves): the module input (tensor or PackedSequence), hx or None, and the leaves to differentiate."""
+    steps, batch, form = config["steps"], config["batch"], config["form"]
+    randn = lambda *shape: torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_()
+    x = randn(steps, config["input_size"]) if form == "unbatched" else randn(steps, batch, config["input_size"])
+    leaves = [x]
+    module_input = x
+    if form.startswith("packed"):
+        lengths = [steps] + [torch.randint(1, steps + 1, (1,), generator=generator).item() for _ in range(batch - 1)]
+        if form == "packed":
+            lengths.sort(reverse=True)
+        else:
+            random.Random(steps * 10 + batch).shuffle(lengths)
+        module_input = pack_padded_sequence(x, lengths, enforce_sorted=form == "packed")
+    elif config["batch_first"]:
+        module_input = x.transpose(0, 1) if form != "unbatched" else x
+    hx = None
+    if config["with_hx"]:
+        layers = config["num_layers"] * (2 if config["bidirectional"] else 1)
+        h_size = config["proj_size"] or config["hidden_size"]
+        state_shape = lambda size: (layers, size) if form == "unbatched" else (layers, batch, size)
+        h0 = randn(*state_shape(h_size))
+        leaves.append(h0)
+        hx = h0
+        if config["cell"] == "lstm":
+            c0 = randn(*state_shape(config["hidden_size"]))
+            leaves.append(c0)
+            hx = (h0, c0)
+    return module_input, hx, leaves
+
+
+def flatten_outputs(result):
+    output, state = result
+    if isinstance(output, PackedSequence):
+        output = pad_packed_sequence(output)[0]
+    return [output, *state] if isinstance(state, tuple) else [output, state]
+
+
+def outputs_and_gradients(module, module_input, hx, leaves):
+    module.zero_grad(set_to_none=True)
+    outputs = flatten_outputs(module(module_input, hx))
+    generator = torch.Generator().manual_seed(7)
+    loss = sum((o * torch.randn(o.shape, generator=generator, dtype=torch.float64)).sum() for o in outputs)
+    parameters = list(module.parameters())
+    grads = torch.autograd.grad(loss, leaves + parameters, retain_graph=True)  # the packing graph is shared
+    return outputs, grads, [name for name, _ in module.named_parameters()]
+
+
+def assert_parity(torch_module, fused_module, config, seed):
+    module_input, hx, leaves = make_inputs(config, torch.Generator().manual_seed(seed))
+    expected, expected_grads, names = outputs_and_gradients(torch_module, module_input, hx, leaves)
+    ours, our_grads, our_names = outputs_and_gradients(fused_module, module_input, hx, leaves)
+    assert names == our_names
+    for name, e, o in zip(["output", "h_n", "c_n"], expected, ours):
+        assert_close(f"{config}: {name}", e, o, ATOL, RTOL)
+    leaf_names = ["input", "h_0", "c_0"][: len(leaves)]
+    for name, e, o in zip(leaf_names + names, expected_grads, our_grads):
+        assert_close(f"{config}: grad {name}", e, o, ATOL, RTOL)
+
+
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("seed", range(16))
+def test_randomized_parity_with_torch_nn(seed, backend):
+    config = random_config(seed)
+    torch.manual_seed(seed)
+    torch_module = make_torch_module(config)
+    fused_module = fused_rnn.from_torch(torch_module, backend=backend)
+    assert_parity(torch_module, fused_module, config, seed)
+
+
+def test_randomized_configs_cover_every_feature():
+    """The seeds above are not all alike: each option and input form appears."""
+    configs = [random_config(seed) for seed in range(16)]
+    assert {c["cell"] for c in configs} == set(TORCH_MODULES)
+    assert {c["form"] for c in configs} == {"padded", "packed", "packed-unsorted", "unbatched"}
+    assert {c["num_layers"] for c in configs} == {1, 2, 3}
+    for key in ("bidirectional", "batch_first", "bias", "with_hx"):
+        assert {c[key] for c in configs} == {True, False}, key
+    assert any(c["proj_size"] for c in configs)
+
+
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_cells_match_torch_nn(cell, backend):
+    torch_class = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}.get(cell, nn.RNNCell)
+    extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    torch_cell = torch_class(4, 7, dtype=torch.float64, **extra)
+    fused_cell = fused_rnn.from_torch(torch_cell, backend=backend)
+    assert type(fused_cell).__name__ == torch_class.__name__
+    for batched, with_hx in [(True, True), (True, False), (False, True)]:
+        batch = (3,) if batched else ()
+        x = torch.randn(*batch, 4, dtype=torch.float64, requires_grad=True)
+        state = lambda size=(*batch, 7): torch.randn(size, dtype=torch.float64, requires_grad=True)
+        hx = ((state(), state()) if cell == "lstm" else state()) if with_hx else None
+        results = []
+        for module in (torch_cell, fused_cell):
+            out = module(x, hx)
+            out = list(out) if isinstance(out, tuple) else [out]
+            leaves = [x, *([hx] if isinstance(hx, torch.Tensor) else hx or []), *module.parameters()]
+            loss = sum((o * torch.arange(o.numel(), dtype=torch.float64).reshape(o.shape).cos()).sum() for o in out)
+            results.append((out, torch.autograd.grad(loss, leaves)))
+        (expected, expected_grads), (ours, our_grads) = results
+        for e, o in zip(expected, ours):
+            assert_close(f"{cell} batched={batched} hx={with_hx} output", e, o, ATOL, RTOL)
+        for i, (e, o) in enumerate(zip(expected_grads, our_grads)):
+            assert_close(f"{cell} batched={batched} hx={with_hx} grad {i}", e, o, ATOL, RTOL)
+
+
+@pytest.mark.parametrize("fused_class", [fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.RNN])
+def test_state_dict_round_trips_with_torch_nn(fused_class):
+    torch_class = getattr(nn, fused_class.__name__)
+    kwargs = {"num_layers": 2, "bidirectional": True}
+    if fused_class is fused_rnn.LSTM:
+        kwargs["proj_size"] = 3
+    fused = fused_class(5, 6, **kwargs)
+    reference = torch_class(5, 6, **kwargs)
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    assert [p.shape for p in fused.parameters()] == [p.shape for p in reference.parameters()]
+    reference.load_state_dict(fused.state_dict())
+    fused_again = fused_class(5, 6, **kwargs)
+    fused_again.load_state_dict(reference.state_dict())
+    for (name, a), b in zip(fused.state_dict().items(), fused_again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_class_hierarchy():
+    """Layers are torch.nn.RNNBase (not torch.nn.LSTM: torch.compile refuses to trace that); cells are torch.nn's."""
+    assert isinstance(fused_rnn.LSTM(2, 3), nn.RNNBase) and not isinstance(fused_rnn.LSTM(2, 3), nn.LSTM)
+    assert fused_rnn.RNN(2, 3, 1, "relu").mode == "RNN_RELU" and fused_rnn.GRU(2, 3).mode == "GRU"
+    assert isinstance(fused_rnn.LSTMCell(2, 3), nn.LSTMCell) and isinstance(fused_rnn.GRUCell(2, 3), nn.GRUCell)
+
+
+def test_same_initialisation_as_torch_nn():
+    """Same constructor, same random stream, same parameters: torch.nn's own init runs."""
+    torch.manual_seed(3)
+    expected = nn.LSTM(4, 8, num_layers=2)
+    torch.manual_seed(3)
+    ours = fused_rnn.LSTM(4, 8, num_layers=2)
+    for (name, e), o in zip(expected.named_parameters(), ours.parameters()):
+        assert torch.equal(e, o), name
+
+
+def test_from_torch_converts_a_whole_model_and_back():
+    model = nn.Sequential(nn.Linear(3, 4), nn.GRU(4, 5, batch_first=True), nn.ModuleList([nn.LSTMCell(5, 2)]))
+    model.train(False)
+    state = copy.deepcopy(model.state_dict())
+    converted = fused_rnn.from_torch(model, backend="reference")
+    assert converted is model
+    assert type(model[1]) is fused_rnn.GRU and model[1].backend == "reference" and model[1].batch_first
+    assert type(model[2][0]) is fused_rnn.LSTMCell
+    assert not model[1].training
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    back = model[1].to_torch()
+    assert type(back) is nn.GRU and back.batch_first
+    assert "backend='reference'" in repr(model[1])
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fused_rnn.from_torch(nn.LSTM(2, 3), backend="fast")
+
+
+def test_from_torch_does_not_draw_from_the_random_stream():
+    module = nn.LSTM(3, 4)
+    torch.manual_seed(11)
+    fused_rnn.from_torch(module)
+    after = torch.rand(1)
+    torch.manual_seed(11)
+    assert torch.equal(after, torch.rand(1))
+
+
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_dropout_between_layers_matches_torch_nn(backend):
+    """Dropout applies between layers in training only, drawing the same random masks as torch.nn on CPU."""
+    torch_module = nn.LSTM(3, 6, num_layers=3, dropout=0.5, bidirectional=True, dtype=torch.float64)
+    fused = fused_rnn.from_torch(torch_module, backend=backend)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    expected = torch_module(x)[0]
+    torch.manual_seed(5)
+    ours = fused(x)[0]
+    assert_close("output with dropout", expected, ours, ATOL, RTOL)
+    fused.eval()
+    torch_module.eval()
+    assert_close("output in eval", torch_module(x)[0], fused(x)[0], ATOL, RTOL)
+    assert not torch.equal(ours, fused(x)[0])
+
+
+def test_unchanged_training_loop():
+    """A training loop written for torch.nn.LSTM runs as is with fused_rnn.LSTM, with the same losses."""
+
+    class Tagger(nn.Module):
+        def __init__(self, recurrent):
+            super().__init__()
+            self.embedding = nn.Embedding(10, 4)
+            self.recurrent = recurrent(4, 8, num_layers=2, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, tokens):
+            return self.head(self.recurrent(self.embedding(tokens))[0])
+
+    def train(recurrent):
+        torch.manual_seed(0)
+        model = Tagger(recurrent).double()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        losses = []
+        for _ in range(5):
+            tokens = torch.randint(0, 10, (3, 6))
+            loss = nn.functional.cross_entropy(model(tokens).flatten(0, 1), (tokens % 3).flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+    expected, ours = train(nn.LSTM), train(fused_rnn.LSTM)
+    assert expected[-1] < expected[0]
+    assert ours == pytest.approx(expected, rel=1e-10)
+
+
+def valid_lstm():
+    return fused_rnn.LSTM(3, 5, num_layers=2, dtype=torch.float64)
+
+
+DOUBLE = torch.float64
+BAD_FORWARDS = [
+    pytest.param("not a tensor", None, TypeError, "input must be a Tensor or PackedSequence", id="input-type"),
+    pytest.param(
+        torch.ones(2, 3, 4, 3, dtype=DOUBLE), None, ValueError, "Expected input to be 2D or 3D", id="input-4d"
+    ),
+    pytest.param(torch.ones(4, 2, 7, dtype=DOUBLE), None, ValueError, "input_size. Expected 3, got 7", id="input-size"),
+    pytest.param(
+        torch.ones(4, 2, 3, dtype=DOUBLE),
+        torch.zeros(2, 2, 5, dtype=DOUBLE),
+        TypeError,
+        "hx must be a tuple",
+        id="hx-not-pair",
+    ),
+    pytest.param(
+        torch.ones(4, 2, 3, dtype=DOUBLE),
+        (torch.zeros(1, 2, 5, dtype=DOUBLE),) * 2,
+        ValueError,
+        r"Expected h_0 size \(2, 2, 5\)",
+        id="h0-layers",
+    ),
+    pytest.param(
+        torch.ones(4, 2, 3, dtype=DOUBLE),
+        (torch.zeros(2, 2, 5, dtype=DOUBLE), torch.zeros(2, 2, 4, dtype=DOUBLE)),
+        ValueError,
+        "Expected c_0 size",
+        id="c0-size",
+    ),
+    pytest.param(
+        torch.ones(4, 2, 3, dtype=DOUBLE),
+        (torch.zeros(2, 5, dtype=DOUBLE),) * 2,
+        ValueError,
+        "should also be 3-D",
+        id="h0-dim",
+    ),
+    pytest.param(
+        torch.ones(4, 3, dtype=DOUBLE),
+        (torch.zeros(2, 2, 5, dtype=DOUBLE),) * 2,
+        ValueError,
+        "should also be 2-D",
+        id="unbatched-h0-dim",
+    ),
+    pytest.param(
+        torch.ones(4, 2, 3, dtype=DOUBLE),
+        (torch.zeros(2, 2, 5), torch.zeros(2, 2, 5, dtype=DOUBLE)),
+        TypeError,
+        "h_0 has dtype",
+        id="h0-dtype",
+    ),
+    pytest.param(
+        torch.ones(4, 2, 3, dtype=DOUBLE),
+        (torch.zeros(2, 2, 5, dtype=DOUBLE), torch.zeros(2, 2, 5, dtype=DOUBLE, device="meta")),
+        ValueError,
+        "c_0 is on meta",
+        id="c0-device",
+    ),
+    pytest.param(
+        torch.ones(4, 2, 3),
+        None,
+        TypeError,
+        "weight_ih has dtype torch.float64 but input has torch.float32",
+        id="input-dtype",
+    ),
+]
+
+
+@pytest.mark.parametrize("module_input, hx, error, message", BAD_FORWARDS)
+def test_bad_forward_raises_named_error(module_input, hx, error, message):
+    with pytest.raises(error, match=message):
+        valid_lstm()(module_input, hx)
+
+
+BAD_CONSTRUCTORS = [
+    pytest.param(
+        lambda: fused_rnn.LSTM(3, 5, proj_size=5),
+        ValueError,
+        "proj_size has to be smaller than hidden_size",
+        id="proj-size",
+    ),
+    pytest.param(
+        lambda: fused_rnn.LSTM(3, 5, dropout=1.5), ValueError, "dropout should be a number in range", id="dropout"
+    ),
+    pytest.param(lambda: fused_rnn.GRU(3, 0), ValueError, "hidden_size must be greater than zero", id="hidden-size"),
+    pytest.param(
+        lambda: fused_rnn.RNN(3, 5, nonlinearity="gelu"), ValueError, "Unknown nonlinearity 'gelu'", id="nonlinearity"
+    ),
+    pytest.param(
+        lambda: fused_rnn.GRU(3, 5, proj_size=2),
+        ValueError,
+        "proj_size argument is only supported for LSTM",
+        id="gru-proj",
+    ),
+    pytest.param(lambda: fused_rnn.LSTM(3, 5, backend="cudnn"), ValueError, "backend must be one of", id="backend"),
+    pytest.param(lambda: fused_rnn.GRUCell(3, 5, backend="x"), ValueError, "backend must be one of", id="cell-backend"),
+]
+
+
+@pytest.mark.parametrize("build, error, message", BAD_CONSTRUCTORS)
+def test_bad_constructor_raises_named_error(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        pytest.param(lambda c: c(torch.ones(2, 3, 4)), ValueError, "Expected input to be 1D or 2D", id="input-3d"),
+        pytest.param(lambda c: c(torch.ones(2, 4)), ValueError, "input_size. Expected 3, got 4", id="input-size"),
+        pytest.param(
+            lambda c: c(torch.ones(2, 3), torch.ones(2, 5)), TypeError, "hx must be a tuple", id="hx-not-pair"
+        ),
+        pytest.param(
+            lambda c: c(torch.ones(2, 3), (torch.ones(2, 5), torch.ones(3, 5))),
+            ValueError,
+            r"hx\[1\] must have shape",
+            id="c-shape",
+        ),
+        pytest.param(
+            lambda c: c(torch.ones(3), (torch.ones(2, 5), torch.ones(2, 5))),
+            ValueError,
+            r"hx\[0\] must be 1-D",
+            id="unbatched-h",
+        ),
+        pytest.param(
+            lambda c: c(torch.ones(2, 3), (torch.ones(2, 5, dtype=DOUBLE),) * 2),
+            TypeError,
+            r"hx\[0\] has dtype",
+            id="h-dtype",
+        ),
+    ],
+)
+def test_bad_cell_input_raises_named_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call(fused_rnn.LSTMCell(3, 5))
