@@ -7,6 +7,8 @@ hand-written BPTT; when the backward itself must be differentiable (create_graph
 gradient penalty), it recomputes through fused_rnn.reference so higher-order gradients are exact.
 """
 
+import contextlib
+
 import torch
 
 from fused_rnn import reference
@@ -17,6 +19,12 @@ def _triton_sequence():
     from fused_rnn.backends.triton import sequence
 
     return sequence
+
+
+def _on_device_of(tensor: torch.Tensor):
+    # Triton launches on the current CUDA device and stream; for tensors on another GPU it would race
+    # with the GEMMs there or fault, so make their device current.
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 @torch.library.custom_op("fused_rnn::sequence_forward", mutates_args=())
@@ -48,9 +56,10 @@ def sequence_forward(
         output (N, H_out), h_n (B, H_out), c_n (B, H) or empty, then the saved activations and the
         LSTM projection's input (both empty unless save).
     """
-    return _triton_sequence().sequence_forward(
-        cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save
-    )
+    with _on_device_of(input):
+        return _triton_sequence().sequence_forward(
+            cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save
+        )
 
 
 @sequence_forward.register_fake
@@ -81,25 +90,26 @@ def sequence_backward(
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
     """Gradients of input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; absent ones empty."""
-    return _triton_sequence().sequence_backward(
-        cell,
-        grad_output,
-        grad_h_n,
-        grad_c_n,
-        input,
-        h0,
-        c0,
-        weight_ih,
-        weight_hh,
-        weight_hr,
-        output,
-        saved,
-        projection_input,
-        batch_sizes,
-        reverse,
-        has_bias,
-        input_requires_grad,
-    )
+    with _on_device_of(input):
+        return _triton_sequence().sequence_backward(
+            cell,
+            grad_output,
+            grad_h_n,
+            grad_c_n,
+            input,
+            h0,
+            c0,
+            weight_ih,
+            weight_hh,
+            weight_hr,
+            output,
+            saved,
+            projection_input,
+            batch_sizes,
+            reverse,
+            has_bias,
+            input_requires_grad,
+        )
 
 
 @sequence_backward.register_fake

@@ -131,6 +131,8 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
 
     The entry point the modules use; arguments as for lstm, with h0/c0 given apart (None for zeros).
     """
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
     spec = CELLS[cell]
     batch_sizes = _batch_sizes(batch_sizes, input)
     _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
@@ -143,6 +145,12 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     if resolve(backend, input.device, input.dtype) == "reference":
         return reference.sequence(cell, *tensors, batch_sizes, reverse)
 
+    # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
+    if batch * max(spec.gates, spec.saved_width) * hidden >= 2**31:
+        raise ValueError(
+            f"batch {batch} x hidden_size {hidden} is too large for backend='triton' (32-bit offsets); "
+            "use backend='reference' or split the batch"
+        )
     rows = input.reshape(-1, input.shape[-1])
     tensors = [t.contiguous() if t is not None else None for t in (rows, *tensors[1:])]
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -199,6 +207,8 @@ def _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_h
     gate_rows = weight_hh.shape[0]
     hidden = gate_rows // spec.gates
     if weight_hr is not None:
+        if not spec.has_cell_state:
+            raise ValueError(f"weight_hr (a projection) is only supported for the LSTM, not {spec.name}")
         if weight_hr.dim() != 2 or weight_hr.shape[1] != hidden or weight_hr.shape[0] >= hidden:
             raise ValueError(
                 f"weight_hr must be (proj_size, {hidden}) with proj_size < {hidden}, got shape {tuple(weight_hr.shape)}"

@@ -331,6 +331,8 @@ def _copy_into(module: nn.Module, cls: type, **extra) -> nn.Module:
         copy = cls(**config, dtype=parameter.dtype, **extra)
     copy = copy.to_empty(device=parameter.device)
     copy.load_state_dict(module.state_dict())
+    for parameter, copied in zip(module.parameters(), copy.parameters(), strict=True):
+        copied.requires_grad_(parameter.requires_grad)  # frozen layers stay frozen
     return copy.train(module.training)
 
 

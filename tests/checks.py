@@ -2,6 +2,10 @@
 
 import torch
 
+# Where the tests run the Triton backend: compiled on a GPU when there is one, else on CPU under the
+# Triton interpreter (tests/conftest.py turns it on).
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 # Absolute and relative tolerance per dtype when comparing with a reference in the same dtype.
 TOLERANCE = {torch.float64: (1e-10, 1e-8), torch.float32: (2e-5, 1e-4)}
 

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-from checks import TOLERANCE, assert_close
-from layers import layer_weights
 from torch import nn
 
 import fused_rnn
 from fused_rnn import functional
-from fused_rnn.backends import resolve
+from fused_rnn.backends import TRITON_INTERPRETER, resolve
+
+from checks import DEVICE, TOLERANCE, assert_close
+from layers import layer_weights
 
 
 def test_available_backends_explains_each():
@@ -23,7 +24,11 @@ def test_resolve():
     cpu, double = torch.device("cpu"), torch.float64
     assert resolve("reference", cpu, double) == "reference"
     assert resolve("auto", cpu, double) == "reference"  # the interpreter is for tests, never chosen by "auto"
-    assert resolve("triton", cpu, double) == "triton"
+    if TRITON_INTERPRETER:
+        assert resolve("triton", cpu, double) == "triton"
+    else:
+        with pytest.raises(ValueError, match="backend='triton' cannot run here: on CPU"):
+            resolve("triton", cpu, double)
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve("cudnn", cpu, double)
     with pytest.raises(ValueError, match="dtype"):
@@ -32,6 +37,11 @@ def test_resolve():
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_public_functions_match_torch_nn(backend):
+    with torch.device(DEVICE if backend == "triton" else "cpu"):
+        check_public_functions(backend)
+
+
+def check_public_functions(backend):
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     atol, rtol = TOLERANCE[torch.float64]
     lstm = nn.LSTM(3, 5).double()
@@ -156,10 +166,46 @@ def test_rnn_nonlinearity_checked():
         functional.rnn(torch.randn(2, 1, 3, dtype=DOUBLE), None, *w[:4], nonlinearity="sigmoid")
 
 
-def test_inputs_not_modified():
-    weights = [w.detach() for w in layer_weights("gru", 3, 5)[:4]]
-    x, h0 = torch.randn(4, 2, 3, dtype=DOUBLE), torch.randn(2, 5, dtype=DOUBLE)
-    before = [t.clone() for t in (x, h0, *weights)]
-    functional.gru(x, h0, *weights, backend="triton")
-    for original, now in zip(before, (x, h0, *weights)):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_inputs_not_modified(cell):
+    weights = [w.detach() for w in layer_weights(cell, 3, 5, device=DEVICE)[:4]]
+    for w in weights:
+        w.requires_grad_()
+    x, h0 = torch.randn(4, 2, 3, dtype=DOUBLE, device=DEVICE), torch.randn(2, 5, dtype=DOUBLE, device=DEVICE)
+    c0 = torch.randn(2, 5, dtype=DOUBLE, device=DEVICE) if cell == "lstm" else None
+    inputs = [t for t in (x, h0, c0, *weights) if t is not None]
+    before = [t.detach().clone() for t in inputs]
+    output, h_n, c_n = functional.sequence(cell, x, h0, c0, *weights, None, None, False, "triton")
+    (output.sum() + h_n.sum() + (c_n.sum() if c_n is not None else 0)).backward()
+    for original, now in zip(before, inputs, strict=True):
         assert torch.equal(original, now)
+
+
+def test_weight_hr_only_for_the_lstm():
+    weights = layer_weights("gru", 3, 6)[:4]
+    with pytest.raises(ValueError, match="weight_hr .* only supported for the LSTM, not gru"):
+        functional.sequence(
+            "gru",
+            torch.randn(2, 1, 3, dtype=DOUBLE),
+            None,
+            None,
+            *weights,
+            torch.ones(2, 6, dtype=DOUBLE),
+            None,
+            False,
+            "reference",
+        )
+    with pytest.raises(ValueError, match="cell must be one of"):
+        functional.sequence(
+            "lstmx", torch.randn(2, 1, 3, dtype=DOUBLE), None, None, *weights, None, None, False, "reference"
+        )
+
+
+def test_too_large_for_32_bit_offsets_is_refused():
+    """batch x 5 x hidden >= 2**31 (the LSTM's saved activations of one step) would overflow the kernels' offsets."""
+    batch, hidden = 838_861, 512
+    weights = [w.detach() for w in layer_weights("lstm", 1, hidden, device=DEVICE)[:4]]
+    x = torch.zeros(1, 1, 1, dtype=DOUBLE, device=DEVICE).expand(1, batch, 1)  # no memory behind the batch
+    state = torch.zeros(1, 1, dtype=DOUBLE, device=DEVICE).expand(batch, hidden)
+    with pytest.raises(ValueError, match="too large for backend='triton'"):
+        functional.sequence("lstm", x, state, state, *weights, None, None, False, "triton")

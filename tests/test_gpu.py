@@ -9,12 +9,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
+
 from checks import assert_within_twice_torch_error
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-TORCH_CLASS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}
+TORCH_CLASS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
 # Our error against float64 may exceed twice cuDNN's by this much (near-zero outputs in low precision).
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
@@ -42,14 +43,17 @@ CASES = [  # cell, T, B, I, H, extra constructor arguments, packed lengths
     pytest.param("gru", 30, 16, 32, 257, {}, None, id="gru-H257"),
     pytest.param("gru", 10, 4, 8, 48, {"bidirectional": True}, [10, 7, 3, 2], id="gru-bidir-packed"),
     pytest.param("rnn_tanh", 16, 3, 8, 129, {"num_layers": 3}, None, id="rnn-3layer-H129"),
+    pytest.param(
+        "rnn_relu", 16, 3, 8, 65, {"nonlinearity": "relu", "bidirectional": True}, [16, 9, 2], id="relu-packed"
+    ),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("cell, steps, batch, input_size, hidden, extra, lengths", CASES)
-def test_triton_matches_cudnn(cell, steps, batch, input_size, hidden, extra, lengths, dtype):
+def test_triton_matches_cudnn(cell, steps, batch, input_size, hidden, extra, lengths, dtype, monkeypatch):
     """Our error against a float64 reference is at most twice cuDNN's in the same dtype."""
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     cudnn = TORCH_CLASS[cell](input_size, hidden, **extra, device="cuda")
     exact = fused_rnn.from_torch(cudnn, backend="reference").double()
     ours = fused_rnn.from_torch(cudnn, backend="triton").to(dtype)

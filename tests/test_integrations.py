@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from checks import TOLERANCE, assert_close
-from layers import layer_weights, sequence_inputs
 from torch import nn
 
 import fused_rnn
 from fused_rnn import functional
+
+from checks import DEVICE, TOLERANCE, assert_close
+from layers import layer_weights, sequence_inputs
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 
@@ -50,18 +51,19 @@ def loss_and_gradients(model, x):
 def test_torch_compile_fullgraph_matches_eager(compile_backend):
     """fullgraph=True raises on any graph break, so passing proves the fused layers trace whole."""
     torch._dynamo.reset()
-    model = ThreeLayers("triton")
-    x = torch.randn(2, 5, 3)
+    model = ThreeLayers("triton").to(DEVICE)
+    x = torch.randn(2, 5, 3, device=DEVICE)
     eager = loss_and_gradients(model, x)
     compiled = loss_and_gradients(torch.compile(model, fullgraph=True, backend=compile_backend), x)
-    for i, (e, c) in enumerate(zip(eager, compiled)):
+    for i, (e, c) in enumerate(zip(eager, compiled, strict=True)):
         assert_close(f"tensor {i}", e, c, *TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_no_graph_breaks(backend):
     torch._dynamo.reset()
-    explanation = torch._dynamo.explain(ThreeLayers(backend))(torch.randn(2, 5, 3))
+    device = DEVICE if backend == "triton" else "cpu"
+    explanation = torch._dynamo.explain(ThreeLayers(backend).to(device))(torch.randn(2, 5, 3, device=device))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 
@@ -69,8 +71,8 @@ def test_no_graph_breaks(backend):
 @pytest.mark.parametrize("cell", CELLS)
 def test_double_backward_through_fused_path(cell):
     """create_graph=True recomputes through the reference, so second derivatives are exact."""
-    weights = layer_weights(cell, 2, 3)
-    x, h0, c0, _ = sequence_inputs(cell, 3, 2, 2, 3)
+    weights = layer_weights(cell, 2, 3, device=DEVICE)
+    x, h0, c0, _ = sequence_inputs(cell, 3, 2, 2, 3, device=DEVICE)
     if cell == "rnn_relu":  # away from relu's kink, where finite differences are wrong
         with torch.no_grad():
             weights[2].add_(2.0)
@@ -84,29 +86,29 @@ def test_double_backward_through_fused_path(cell):
 def test_gradient_penalty_matches_torch_nn():
     """A WGAN-style gradient penalty (which cuDNN cannot differentiate) equals the one through torch.nn on CPU."""
     torch_module = nn.GRU(3, 4, num_layers=2, dtype=torch.float64)
-    fused = fused_rnn.from_torch(torch_module, backend="triton")
+    fused = fused_rnn.from_torch(torch_module, backend="triton").to(DEVICE)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     penalties = []
     for module in (torch_module, fused):
         module.zero_grad(set_to_none=True)
-        inputs = x.clone().requires_grad_()
+        inputs = x.to(next(module.parameters()).device).requires_grad_()
         (grad_input,) = torch.autograd.grad(module(inputs)[0].sum(), inputs, create_graph=True)
         penalty = grad_input.square().sum()
         penalty.backward()
         penalties.append([penalty.detach(), *(p.grad for p in module.parameters())])
-    for i, (e, o) in enumerate(zip(*penalties)):
-        assert_close(f"penalty tensor {i}", e, o, *TOLERANCE[torch.float64])
+    for i, (e, o) in enumerate(zip(*penalties, strict=True)):
+        assert_close(f"penalty tensor {i}", e, o.cpu(), *TOLERANCE[torch.float64])
 
 
 def test_repeated_runs_are_bit_identical():
-    model = ThreeLayers("triton")
-    x = torch.randn(3, 6, 3)
+    model = ThreeLayers("triton").to(DEVICE)
+    x = torch.randn(3, 6, 3, device=DEVICE)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         first = loss_and_gradients(model, x)
         for _ in range(2):
-            for i, (a, b) in enumerate(zip(first, loss_and_gradients(model, x))):
+            for i, (a, b) in enumerate(zip(first, loss_and_gradients(model, x), strict=True)):
                 assert torch.equal(a, b), f"tensor {i} differs between runs"
     finally:
         torch.use_deterministic_algorithms(previous)
@@ -122,7 +124,7 @@ def _ddp_worker(rank, world_size, port, state, inputs, result_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        model = ThreeLayers("triton")
+        model = ThreeLayers("triton").to(inputs.device)
         model.load_state_dict(state)
         ddp = nn.parallel.DistributedDataParallel(model)
         ddp(inputs[rank]).backward()
@@ -134,8 +136,8 @@ def _ddp_worker(rank, world_size, port, state, inputs, result_path):
 
 def test_distributed_data_parallel_gradients_equal_single_process(tmp_path):
     world_size = 2
-    model = ThreeLayers("triton")
-    inputs = torch.randn(world_size, 2, 4, 3)
+    model = ThreeLayers("triton").to(DEVICE)
+    inputs = torch.randn(world_size, 2, 4, 3, device=DEVICE)
     single = loss_and_gradients(model, inputs.flatten(0, 1))[2:]
     # The loss sums over the batch and DDP averages the ranks' gradients: times world_size, the full-batch gradient.
     result_path = tmp_path / "gradients.pt"
@@ -146,7 +148,7 @@ def test_distributed_data_parallel_gradients_equal_single_process(tmp_path):
         start_method="spawn",
     )
     distributed = torch.load(result_path)
-    for (name, _), s, d in zip(model.named_parameters(), single, distributed):
+    for (name, _), s, d in zip(model.named_parameters(), single, distributed, strict=True):
         assert_close(f"grad {name}", s, d * world_size, *TOLERANCE[torch.float32])
 
 
@@ -161,21 +163,23 @@ def test_pickle_save_load_and_deepcopy(cls):
     expected = module(x)
     for restored in copies:
         assert type(restored) is cls and restored.backend == "reference"
-        for e, o in zip(torch.utils._pytree.tree_leaves(expected), torch.utils._pytree.tree_leaves(restored(x))):
+        for e, o in zip(
+            torch.utils._pytree.tree_leaves(expected), torch.utils._pytree.tree_leaves(restored(x)), strict=True
+        ):
             assert torch.equal(e, o)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("move", ["method", "to"])
 def test_dtype_moves_like_torch_nn(move, dtype):
-    torch_module = nn.LSTM(3, 8, num_layers=2)
+    torch_module = nn.LSTM(3, 8, num_layers=2, device=DEVICE)
     fused = fused_rnn.from_torch(torch_module, backend="triton")
     method = {torch.float16: "half", torch.bfloat16: "bfloat16"}[dtype]
     for module in (torch_module, fused):
         getattr(module, method)() if move == "method" else module.to(dtype)
     assert all(p.dtype == dtype for p in fused.parameters())
     assert [p.data_ptr() for p in fused._flat_weights] == [p.data_ptr() for p in fused.parameters()]
-    x = torch.randn(4, 2, 3)
+    x = torch.randn(4, 2, 3, device=DEVICE)
     output, (h_n, c_n) = fused(x.to(dtype))
     assert output.dtype == h_n.dtype == c_n.dtype == dtype
     exact = fused_rnn.from_torch(torch_module.double(), backend="reference")(x.double())[0]
@@ -185,7 +189,7 @@ def test_dtype_moves_like_torch_nn(move, dtype):
 @pytest.mark.parametrize("cls", [fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.RNN, fused_rnn.GRUCell])
 def test_cpu_autocast_runs_in_bfloat16(cls):
     """Under autocast the layers compute in the autocast dtype, from float32 parameters and input."""
-    module = cls(3, 8, backend="triton")
+    module = cls(3, 8)  # on CPU, "auto" is the reference; autocast casting happens before any backend
     x = torch.randn(4, 2, 3) if cls is not fused_rnn.GRUCell else torch.randn(2, 3)
     expected = module(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -5,11 +5,12 @@ import random
 
 import pytest
 import torch
-from checks import TOLERANCE, assert_close
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
+
+from checks import DEVICE, TOLERANCE, assert_close
 
 ATOL, RTOL = TOLERANCE[torch.float64]
 TORCH_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
@@ -45,10 +46,15 @@ def make_torch_module(config) -> nn.Module:
     return TORCH_MODULES[config["cell"]](**kwargs, dtype=torch.float64)
 
 
-def make_inputs(config, generator):
+def device_for(backend: str) -> torch.device:
+    """The triton backend runs where the Triton tests run; "auto" is exercised on CPU (the reference)."""
+    return DEVICE if backend == "triton" else torch.device("cpu")
+
+
+def make_inputs(config, generator, device):
     """(input, hx, leaves): the module input (tensor or PackedSequence), hx or None, and the leaves to differentiate."""
     steps, batch, form = config["steps"], config["batch"], config["form"]
-    randn = lambda *shape: torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_()
+    randn = lambda *shape: torch.randn(shape, generator=generator, dtype=torch.float64).to(device).requires_grad_()
     x = randn(steps, config["input_size"]) if form == "unbatched" else randn(steps, batch, config["input_size"])
     leaves = [x]
     module_input = x
@@ -87,21 +93,23 @@ def outputs_and_gradients(module, module_input, hx, leaves):
     module.zero_grad(set_to_none=True)
     outputs = flatten_outputs(module(module_input, hx))
     generator = torch.Generator().manual_seed(7)
-    loss = sum((o * torch.randn(o.shape, generator=generator, dtype=torch.float64)).sum() for o in outputs)
+    loss = sum((o * torch.randn(o.shape, generator=generator, dtype=torch.float64).to(o)).sum() for o in outputs)
     parameters = list(module.parameters())
     grads = torch.autograd.grad(loss, leaves + parameters, retain_graph=True)  # the packing graph is shared
     return outputs, grads, [name for name, _ in module.named_parameters()]
 
 
 def assert_parity(torch_module, fused_module, config, seed):
-    module_input, hx, leaves = make_inputs(config, torch.Generator().manual_seed(seed))
+    device = next(fused_module.parameters()).device
+    module_input, hx, leaves = make_inputs(config, torch.Generator().manual_seed(seed), device)
     expected, expected_grads, names = outputs_and_gradients(torch_module, module_input, hx, leaves)
     ours, our_grads, our_names = outputs_and_gradients(fused_module, module_input, hx, leaves)
     assert names == our_names
+    assert len(expected) == len(ours)
     for name, e, o in zip(["output", "h_n", "c_n"], expected, ours):
         assert_close(f"{config}: {name}", e, o, ATOL, RTOL)
     leaf_names = ["input", "h_0", "c_0"][: len(leaves)]
-    for name, e, o in zip(leaf_names + names, expected_grads, our_grads):
+    for name, e, o in zip(leaf_names + names, expected_grads, our_grads, strict=True):
         assert_close(f"{config}: grad {name}", e, o, ATOL, RTOL)
 
 
@@ -110,9 +118,78 @@ def assert_parity(torch_module, fused_module, config, seed):
 def test_randomized_parity_with_torch_nn(seed, backend):
     config = random_config(seed)
     torch.manual_seed(seed)
-    torch_module = make_torch_module(config)
+    torch_module = make_torch_module(config).to(device_for(backend))
     fused_module = fused_rnn.from_torch(torch_module, backend=backend)
     assert_parity(torch_module, fused_module, config, seed)
+
+
+PINNED_CONFIGS = [  # combinations the random seeds above happen not to reach
+    {
+        "cell": "lstm",
+        "num_layers": 2,
+        "bidirectional": True,
+        "batch_first": True,
+        "bias": True,
+        "input_size": 4,
+        "hidden_size": 7,
+        "proj_size": 3,
+        "form": "packed-unsorted",
+        "with_hx": True,
+        "steps": 5,
+        "batch": 4,
+    },
+    {
+        "cell": "gru",
+        "num_layers": 1,
+        "bidirectional": True,
+        "batch_first": False,
+        "bias": False,
+        "input_size": 3,
+        "hidden_size": 5,
+        "proj_size": 0,
+        "form": "packed",
+        "with_hx": True,
+        "steps": 4,
+        "batch": 3,
+    },
+    {
+        "cell": "lstm",
+        "num_layers": 2,
+        "bidirectional": False,
+        "batch_first": True,
+        "bias": True,
+        "input_size": 2,
+        "hidden_size": 6,
+        "proj_size": 2,
+        "form": "unbatched",
+        "with_hx": True,
+        "steps": 3,
+        "batch": 1,
+    },
+    {
+        "cell": "rnn_relu",
+        "num_layers": 3,
+        "bidirectional": True,
+        "batch_first": True,
+        "bias": True,
+        "input_size": 3,
+        "hidden_size": 4,
+        "proj_size": 0,
+        "form": "packed-unsorted",
+        "with_hx": False,
+        "steps": 4,
+        "batch": 3,
+    },
+]
+
+
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("index", range(len(PINNED_CONFIGS)))
+def test_pinned_parity_with_torch_nn(index, backend):
+    config = PINNED_CONFIGS[index]
+    torch_module = make_torch_module(config).to(device_for(backend))
+    fused_module = fused_rnn.from_torch(torch_module, backend=backend)
+    assert_parity(torch_module, fused_module, config, index)
 
 
 def test_randomized_configs_cover_every_feature():
@@ -131,25 +208,26 @@ def test_randomized_configs_cover_every_feature():
 def test_cells_match_torch_nn(cell, backend):
     torch_class = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}.get(cell, nn.RNNCell)
     extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
-    torch_cell = torch_class(4, 7, dtype=torch.float64, **extra)
+    device = device_for(backend)
+    torch_cell = torch_class(4, 7, dtype=torch.float64, device=device, **extra)
     fused_cell = fused_rnn.from_torch(torch_cell, backend=backend)
     assert type(fused_cell).__name__ == torch_class.__name__
     for batched, with_hx in [(True, True), (True, False), (False, True)]:
         batch = (3,) if batched else ()
-        x = torch.randn(*batch, 4, dtype=torch.float64, requires_grad=True)
-        state = lambda size=(*batch, 7): torch.randn(size, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(*batch, 4, dtype=torch.float64, device=device, requires_grad=True)
+        state = lambda size=(*batch, 7): torch.randn(size, dtype=torch.float64, device=device, requires_grad=True)
         hx = ((state(), state()) if cell == "lstm" else state()) if with_hx else None
         results = []
         for module in (torch_cell, fused_cell):
             out = module(x, hx)
             out = list(out) if isinstance(out, tuple) else [out]
             leaves = [x, *([hx] if isinstance(hx, torch.Tensor) else hx or []), *module.parameters()]
-            loss = sum((o * torch.arange(o.numel(), dtype=torch.float64).reshape(o.shape).cos()).sum() for o in out)
+            loss = sum((o * torch.arange(o.numel()).to(o).reshape(o.shape).cos()).sum() for o in out)
             results.append((out, torch.autograd.grad(loss, leaves)))
         (expected, expected_grads), (ours, our_grads) = results
-        for e, o in zip(expected, ours):
+        for e, o in zip(expected, ours, strict=True):
             assert_close(f"{cell} batched={batched} hx={with_hx} output", e, o, ATOL, RTOL)
-        for i, (e, o) in enumerate(zip(expected_grads, our_grads)):
+        for i, (e, o) in enumerate(zip(expected_grads, our_grads, strict=True)):
             assert_close(f"{cell} batched={batched} hx={with_hx} grad {i}", e, o, ATOL, RTOL)
 
 
@@ -166,7 +244,7 @@ def test_state_dict_round_trips_with_torch_nn(fused_class):
     reference.load_state_dict(fused.state_dict())
     fused_again = fused_class(5, 6, **kwargs)
     fused_again.load_state_dict(reference.state_dict())
-    for (name, a), b in zip(fused.state_dict().items(), fused_again.state_dict().values()):
+    for (name, a), b in zip(fused.state_dict().items(), fused_again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -183,7 +261,7 @@ def test_same_initialisation_as_torch_nn():
     expected = nn.LSTM(4, 8, num_layers=2)
     torch.manual_seed(3)
     ours = fused_rnn.LSTM(4, 8, num_layers=2)
-    for (name, e), o in zip(expected.named_parameters(), ours.parameters()):
+    for (name, e), o in zip(expected.named_parameters(), ours.parameters(), strict=True):
         assert torch.equal(e, o), name
 
 
@@ -214,7 +292,12 @@ def test_from_torch_does_not_draw_from_the_random_stream():
     assert torch.equal(after, torch.rand(1))
 
 
-@pytest.mark.parametrize("backend", ["auto", "triton"])
+CUDNN_DROPOUT = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="on a GPU torch.nn draws cuDNN's dropout masks, which F.dropout cannot reproduce"
+)
+
+
+@pytest.mark.parametrize("backend", ["auto", pytest.param("triton", marks=CUDNN_DROPOUT)])
 def test_dropout_between_layers_matches_torch_nn(backend):
     """Dropout applies between layers in training only, drawing the same random masks as torch.nn on CPU."""
     torch_module = nn.LSTM(3, 6, num_layers=3, dropout=0.5, bidirectional=True, dtype=torch.float64)
@@ -402,3 +485,12 @@ def test_bad_constructor_raises_named_error(build, error, message):
 def test_bad_cell_input_raises_named_error(call, error, message):
     with pytest.raises(error, match=message):
         call(fused_rnn.LSTMCell(3, 5))
+
+
+def test_conversion_keeps_frozen_parameters_frozen():
+    module = nn.LSTM(3, 4)
+    module.weight_ih_l0.requires_grad_(False)
+    fused = fused_rnn.from_torch(module)
+    assert not fused.weight_ih_l0.requires_grad and fused.weight_hh_l0.requires_grad
+    back = fused.to_torch()
+    assert not back.weight_ih_l0.requires_grad and back.weight_hh_l0.requires_grad

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from checks import TOLERANCE, assert_close, gradients
-from layers import packed_batch_sizes
 from torch import nn
 
 from fused_rnn import reference
+
+from checks import TOLERANCE, assert_close, gradients
+from layers import packed_batch_sizes
 
 TORCH_LAYER = {
     "lstm": lambda i, h: nn.LSTM(i, h),

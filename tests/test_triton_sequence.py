@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from checks import TOLERANCE, assert_close, assert_within_twice_torch_error, gradients
-from layers import layer_weights, sequence_inputs
 
-from fused_rnn import functional
+from fused_rnn import autograd, functional
+
+from checks import DEVICE, TOLERANCE, assert_close, assert_within_twice_torch_error, gradients
+from layers import layer_weights, sequence_inputs
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 NAMES = ["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
@@ -15,6 +16,8 @@ SHAPES = [  # T, B, I, H
     pytest.param(4, 1, 3, 33, id="T4-B1-I3-H33"),
     pytest.param(3, 5, 8, 100, id="T3-B5-I8-H100"),
     pytest.param(5, 2, 16, 16, id="T5-B2-I16-H16"),
+    pytest.param(2, 40, 3, 33, id="T2-B40-I3-H33"),  # several programs along the batch
+    pytest.param(2, 20, 3, 130, id="T2-B20-I3-H130"),  # several along the hidden units
 ]
 
 
@@ -32,9 +35,9 @@ def run_both(cell, inputs, weights, batch_sizes, reverse):
 def assert_match(results, dtype):
     (ours, our_grads), (ref, ref_grads) = results
     atol, rtol = TOLERANCE[dtype]
-    for name, r, o in zip(["output", "h_n", "c_n"], ref, ours):
+    for name, r, o in zip(["output", "h_n", "c_n"], ref, ours, strict=True):
         assert_close(name, r, o, atol, rtol)
-    for name, r, o in zip(NAMES, ref_grads, our_grads):
+    for name, r, o in zip(NAMES, ref_grads, our_grads, strict=True):
         assert_close(f"grad {name}", r, o, atol, rtol)
 
 
@@ -43,16 +46,16 @@ def assert_match(results, dtype):
 @pytest.mark.parametrize("steps, batch, input_size, hidden", SHAPES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_matches_reference(cell, steps, batch, input_size, hidden, reverse, dtype):
-    weights = layer_weights(cell, input_size, hidden, dtype=dtype)
-    x, h0, c0, _ = sequence_inputs(cell, steps, batch, input_size, hidden, dtype=dtype)
+    weights = layer_weights(cell, input_size, hidden, dtype=dtype, device=DEVICE)
+    x, h0, c0, _ = sequence_inputs(cell, steps, batch, input_size, hidden, dtype=dtype, device=DEVICE)
     assert_match(run_both(cell, (x, h0, c0), weights, None, reverse), dtype)
 
 
 @pytest.mark.parametrize("initial_state", [True, False], ids=["h0", "no-h0"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_without_bias(cell, initial_state):
-    weights = layer_weights(cell, 6, 9, bias=False)
-    x, h0, c0, _ = sequence_inputs(cell, 4, 3, 6, 9, initial_state=initial_state)
+    weights = layer_weights(cell, 6, 9, bias=False, device=DEVICE)
+    x, h0, c0, _ = sequence_inputs(cell, 4, 3, 6, 9, initial_state=initial_state, device=DEVICE)
     assert_match(run_both(cell, (x, h0, c0), weights, None, False), torch.float64)
 
 
@@ -60,8 +63,8 @@ def test_without_bias(cell, initial_state):
 @pytest.mark.parametrize("lengths", [[5, 3, 3, 1], [1], [2, 2]], ids=["5-3-3-1", "1", "2-2"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_packed(cell, lengths, reverse):
-    weights = layer_weights(cell, 4, 7)
-    x, h0, c0, batch_sizes = sequence_inputs(cell, None, len(lengths), 4, 7, lengths=lengths)
+    weights = layer_weights(cell, 4, 7, device=DEVICE)
+    x, h0, c0, batch_sizes = sequence_inputs(cell, None, len(lengths), 4, 7, lengths=lengths, device=DEVICE)
     assert_match(run_both(cell, (x, h0, c0), weights, batch_sizes, reverse), torch.float64)
 
 
@@ -69,8 +72,10 @@ def test_packed(cell, lengths, reverse):
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_lstm_projection(bias, reverse, packed):
-    weights = layer_weights("lstm", 5, 11, bias=bias, proj=4)
-    x, h0, c0, batch_sizes = sequence_inputs("lstm", 4, 3, 5, 11, proj=4, lengths=[4, 2, 1] if packed else None)
+    weights = layer_weights("lstm", 5, 11, bias=bias, proj=4, device=DEVICE)
+    x, h0, c0, batch_sizes = sequence_inputs(
+        "lstm", 4, 3, 5, 11, proj=4, lengths=[4, 2, 1] if packed else None, device=DEVICE
+    )
     assert_match(run_both("lstm", (x, h0, c0), weights, batch_sizes, reverse), torch.float64)
 
 
@@ -78,8 +83,8 @@ def test_lstm_projection(bias, reverse, packed):
 @pytest.mark.parametrize("cell", CELLS)
 def test_low_precision_error_within_twice_torch(cell, dtype):
     """fp16/bf16 storage with fp32 math is at least half as accurate as PyTorch's own same-dtype ops."""
-    weights = layer_weights(cell, 8, 24)
-    x, h0, c0, _ = sequence_inputs(cell, 6, 4, 8, 24)
+    weights = layer_weights(cell, 8, 24, device=DEVICE)
+    x, h0, c0, _ = sequence_inputs(cell, 6, 4, 8, 24, device=DEVICE)
     leaves = [x, h0, c0, *weights]
     exact = functional.sequence(cell, *leaves[:3], *weights, None, False, "reference")
     exact_grads = gradients(exact, leaves)
@@ -114,8 +119,8 @@ def test_low_precision_error_within_twice_torch(cell, dtype):
 def test_gradcheck(cell, proj, lengths, reverse):
     """The hand-written backward is the exact derivative of the fused forward (float64 finite differences)."""
     hidden = 3
-    weights = layer_weights(cell, 2, hidden, proj=proj)
-    x, h0, c0, batch_sizes = sequence_inputs(cell, 3, 2, 2, hidden, proj=proj, lengths=lengths)
+    weights = layer_weights(cell, 2, hidden, proj=proj, device=DEVICE)
+    x, h0, c0, batch_sizes = sequence_inputs(cell, 3, 2, 2, hidden, proj=proj, lengths=lengths, device=DEVICE)
     if cell == "rnn_relu":  # keep pre-activations away from relu's kink, where finite differences are wrong
         with torch.no_grad():
             weights[2].add_(2.0)
@@ -129,11 +134,38 @@ def test_gradcheck(cell, proj, lengths, reverse):
 
 def test_inference_saves_nothing_and_matches():
     """Under no_grad the kernels skip saving activations; results are the same."""
-    weights = layer_weights("lstm", 4, 6)
-    x, h0, c0, _ = sequence_inputs("lstm", 3, 2, 4, 6)
+    weights = layer_weights("lstm", 4, 6, device=DEVICE)
+    x, h0, c0, _ = sequence_inputs("lstm", 3, 2, 4, 6, device=DEVICE)
     with torch.no_grad():
         ours = functional.sequence("lstm", x, h0, c0, *weights, None, False, "triton")
     ref = functional.sequence("lstm", x, h0, c0, *weights, None, False, "reference")
     for name, r, o in zip(["output", "h_n", "c_n"], ref, ours):
         assert_close(name, r.detach(), o, *TOLERANCE[torch.float64])
     assert not ours[0].requires_grad
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_nan_propagates_like_the_reference(cell):
+    """A diverging model must not look healthy: NaN in the input reaches the same outputs as in torch."""
+    weights = layer_weights(cell, 3, 5, device=DEVICE)
+    x, h0, c0, _ = sequence_inputs(cell, 3, 2, 3, 5, device=DEVICE)
+    x = x.detach().clone()
+    x[1, 0, 0] = float("nan")
+    ours = functional.sequence(cell, x, h0, c0, *weights, None, False, "triton")
+    ref = functional.sequence(cell, x, h0, c0, *weights, None, False, "reference")
+    for name, r, o in zip(["output", "h_n", "c_n"], ref, ours, strict=True):
+        if r is not None:
+            assert r.isnan().any(), name
+            assert torch.equal(r.isnan(), o.isnan()), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_low_precision_keeps_cell_state_and_saved_activations_in_float32(dtype):
+    weights = [w.detach().to(dtype) for w in layer_weights("lstm", 4, 6, device=DEVICE)[:4]]
+    x, h0, c0, _ = sequence_inputs("lstm", 3, 2, 4, 6, dtype=dtype, device=DEVICE)
+    rows = x.detach().reshape(-1, 4)
+    output, h_n, c_n, saved, _ = autograd.sequence_forward(
+        "lstm", rows, h0.detach(), c0.detach(), *weights, None, None, False, True
+    )
+    assert saved.dtype == torch.float32
+    assert output.dtype == h_n.dtype == c_n.dtype == dtype

@@ -1,6 +1,6 @@
 """Fused LSTM pointwise kernels: one launch per time step, forward and backward.
 
-The driver (fused_rnn/sequence.py) runs the GEMMs; these kernels do all the elementwise work
+The driver (fused_rnn/backends/triton/sequence.py) runs the GEMMs; these kernels do all the elementwise work
 between them. Rows are the step's active batch (a prefix of the state buffers), columns the hidden
 units; gate blocks are laid out i, f, g, o as in torch.nn.
 """

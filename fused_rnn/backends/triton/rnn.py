@@ -32,7 +32,7 @@ def rnn_fwd_kernel(
 
     b_pre = preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, 1, HAS_BIAS, ACC)
     if RELU:
-        b_h = tl.maximum(b_pre, 0.0)
+        b_h = tl.where(b_pre < 0.0, 0.0, b_pre)  # NaN stays NaN, as in torch.relu (tl.maximum drops it)
     else:
         b_h = tanh(b_pre)
     b_h = b_h.to(p_out.dtype.element_ty)
