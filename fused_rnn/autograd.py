@@ -84,8 +84,7 @@ def sequence_backward(
     projection_input: torch.Tensor,
     batch_sizes: list[int] | None,
     reverse: bool,
-    has_bias: bool,
-    input_requires_grad: bool,
+    needs_grad: list[bool],
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
@@ -107,24 +106,20 @@ def sequence_backward(
             projection_input,
             batch_sizes,
             reverse,
-            has_bias,
-            input_requires_grad,
+            needs_grad,
         )
 
 
 @sequence_backward.register_fake
 def _(cell, grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, weight_hr, *rest):
-    has_bias, input_requires_grad = rest[-2:]
-    return _triton_sequence().backward_outputs(
-        input, h0, c0, weight_ih, weight_hh, weight_hr, has_bias, input_requires_grad
-    )
+    needs_grad = rest[-1]
+    return _triton_sequence().backward_outputs(input, h0, c0, weight_ih, weight_hh, weight_hr, needs_grad)
 
 
 def _setup_context(ctx, inputs, output):
     cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, _ = inputs
     out, _, _, saved, projection_input = output
     ctx.cell, ctx.batch_sizes, ctx.reverse = cell, batch_sizes, reverse
-    ctx.has_bias = bias_ih is not None
     ctx.save_for_backward(
         input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, out, saved, projection_input
     )
@@ -154,8 +149,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projectio
             projection_input,
             ctx.batch_sizes,
             ctx.reverse,
-            ctx.has_bias,
-            needs_grad[0],
+            [t is not None and needed for t, needed in zip(tensors, needs_grad, strict=True)],
         )
         grads = [g if t is not None and needed else None for g, t, needed in zip(grads, tensors, needs_grad)]
     return (None, *grads, None, None, None)

@@ -169,3 +169,22 @@ def test_low_precision_keeps_cell_state_and_saved_activations_in_float32(dtype):
     )
     assert saved.dtype == torch.float32
     assert output.dtype == h_n.dtype == c_n.dtype == dtype
+
+
+@pytest.mark.parametrize("frozen", [["weight_ih", "bias_ih"], ["weight_hh", "bias_hh", "weight_hr"], ["input", "h0"]])
+@pytest.mark.parametrize("cell", CELLS)
+def test_only_the_gradients_asked_for(cell, frozen):
+    """With some leaves frozen (fine-tuning), their gradients are skipped and the others are unchanged."""
+    proj = 2 if cell == "lstm" else 0
+    weights = layer_weights(cell, 4, 5, proj=proj, device=DEVICE)
+    x, h0, c0, _ = sequence_inputs(cell, 3, 2, 4, 5, proj=proj, device=DEVICE)
+    leaves = dict(zip(NAMES, [x, h0, c0, *weights], strict=True))
+    for name in frozen:
+        if leaves[name] is not None:
+            leaves[name].requires_grad_(False)
+    trainable = [t if t is not None and t.requires_grad else None for t in leaves.values()]
+    results = []
+    for backend in ("triton", "reference"):
+        outputs = functional.sequence(cell, *leaves.values(), None, False, backend)
+        results.append((outputs, gradients(outputs, trainable)))
+    assert_match(results, torch.float64)

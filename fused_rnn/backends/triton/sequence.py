@@ -84,22 +84,12 @@ def sequence_forward(
     return output, h, c_n, saved, projection_input
 
 
-def backward_outputs(input, h0, c0, weight_ih, weight_hh, weight_hr, has_bias, input_requires_grad):
-    """Empty gradients as sequence_backward returns them; absent ones have no elements."""
-
-    def like(t, present=True):
-        return torch.empty_like(t) if t is not None and present else input.new_empty(0)
-
-    bias = input.new_empty(weight_hh.shape[0]) if has_bias else None
-    return (
-        like(input, input_requires_grad),
-        like(h0),
-        like(c0),
-        like(weight_ih),
-        like(weight_hh),
-        like(bias),
-        like(bias),
-        like(weight_hr),
+def backward_outputs(input, h0, c0, weight_ih, weight_hh, weight_hr, needs_grad):
+    """Empty gradients as sequence_backward returns them; those not needed have no elements."""
+    bias = input.new_empty(weight_hh.shape[0])
+    like = [input, h0, c0, weight_ih, weight_hh, bias, bias, weight_hr]
+    return tuple(
+        torch.empty_like(t) if needed else input.new_empty(0) for t, needed in zip(like, needs_grad, strict=True)
     )
 
 
@@ -119,10 +109,13 @@ def sequence_backward(
     projection_input,
     batch_sizes,
     reverse,
-    has_bias,
-    input_requires_grad,
+    needs_grad,
 ):
-    """Backpropagation through time for one direction of one layer."""
+    """Backpropagation through time for one direction of one layer.
+
+    needs_grad says which of (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) want a
+    gradient: the GEMMs for the others are skipped (frozen weights when fine-tuning).
+    """
     spec = CELLS[cell]
     rows_total, batch = input.shape[0], h0.shape[0]
     h_prev = previous_hidden(output, h0, batch_sizes, reverse)
@@ -156,23 +149,16 @@ def sequence_backward(
         else:
             torch.mm(grad_hidden_gates[rows], weight_hh, out=dh[:active])
 
-    def absent():
-        return input.new_empty(0)
-
-    grad_bias_ih = grad_input_gates.sum(0) if has_bias else absent()
-    if not has_bias:
-        grad_bias_hh = absent()
-    elif spec.is_gru:
-        grad_bias_hh = grad_hidden_gates.sum(0)
-    else:
-        grad_bias_hh = grad_bias_ih.clone()
-    return (
-        torch.mm(grad_input_gates, weight_ih) if input_requires_grad else absent(),
-        dh,
-        dc.to(input.dtype) if spec.has_cell_state else absent(),
-        torch.mm(grad_input_gates.t(), input),
-        torch.mm(grad_hidden_gates.t(), h_prev),
-        grad_bias_ih,
-        grad_bias_hh,
-        torch.mm(grad_projected.t(), projection_input) if weight_hr is not None else absent(),
+    compute = (  # in needs_grad's order; only those asked for run
+        lambda: torch.mm(grad_input_gates, weight_ih),
+        lambda: dh,
+        lambda: dc.to(input.dtype),
+        lambda: torch.mm(grad_input_gates.t(), input),
+        lambda: torch.mm(grad_hidden_gates.t(), h_prev),
+        lambda: grad_input_gates.sum(0),
+        lambda: grad_hidden_gates.sum(0),  # the same gates as the input's, except for the GRU
+        lambda: torch.mm(grad_projected.t(), projection_input),
+    )
+    return tuple(
+        gradient() if needed else input.new_empty(0) for gradient, needed in zip(compute, needs_grad, strict=True)
     )
