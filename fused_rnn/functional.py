@@ -139,8 +139,8 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     hidden = weight_hh.shape[0] // spec.gates
     hidden_out = weight_hr.shape[0] if weight_hr is not None else hidden
     batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
-    h0 = _state("h0" if spec.has_cell_state else "hx", h0, input, (batch, hidden_out))
-    c0 = _state("c0", c0, input, (batch, hidden)) if spec.has_cell_state else None
+    h0 = checked_state("h0" if spec.has_cell_state else "hx", h0, input, (batch, hidden_out))
+    c0 = checked_state("c0", c0, input, (batch, hidden)) if spec.has_cell_state else None
     tensors = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     if resolve(backend, input.device, input.dtype) == "reference":
         return reference.sequence(cell, *tensors, batch_sizes, reverse)
@@ -227,7 +227,8 @@ def _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_h
             raise ValueError(f"{name} must be ({gate_rows},), got shape {tuple(named[name].shape)}")
 
 
-def _state(name, state, input, shape):
+def checked_state(name, state, input, shape):
+    """`state` (zeros when None) once it is a tensor of `shape` with input's dtype and device; else a named error."""
     if state is None:
         return input.new_zeros(shape)
     if not isinstance(state, torch.Tensor):

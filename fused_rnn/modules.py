@@ -15,13 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fused_rnn import functional
-from fused_rnn.backends import NAMES
-
-
-def _check_backend(backend):
-    if backend not in NAMES:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, NAMES))}, got {backend!r}")
-    return backend
+from fused_rnn.backends import checked_name
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -149,11 +143,7 @@ class _FusedRNNBase:
                 got = tuple(state.shape[:1] + state.shape[2:]) if unbatched else tuple(state.shape)
                 want = (shape[0], shape[2]) if unbatched else shape
                 raise ValueError(f"Expected {name} size {want}, got {got}")
-            if state.dtype != x.dtype:
-                raise TypeError(f"{name} has dtype {state.dtype} but input has {x.dtype}")
-            if state.device != x.device:
-                raise ValueError(f"{name} is on {state.device} but input is on {x.device}")
-            checked.append(state)
+            checked.append(functional.checked_state(name, state, x, shape))
         return checked[0], checked[1] if has_c else None
 
     def to_torch(self) -> nn.Module:
@@ -166,7 +156,7 @@ class LSTM(_FusedRNNBase, nn.RNNBase):
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__("LSTM", *args, **kwargs)
-        self.backend = _check_backend(backend)
+        self.backend = checked_name(backend)
 
     def _cell(self):
         return "lstm"
@@ -179,7 +169,7 @@ class GRU(_FusedRNNBase, nn.RNNBase):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
-        self.backend = _check_backend(backend)
+        self.backend = checked_name(backend)
 
     def _cell(self):
         return "gru"
@@ -199,7 +189,7 @@ class RNN(_FusedRNNBase, nn.RNNBase):
         if self.nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
         super().__init__(f"RNN_{self.nonlinearity.upper()}", *args, **kwargs)
-        self.backend = _check_backend(backend)
+        self.backend = checked_name(backend)
 
     def _cell(self):
         return f"rnn_{self.nonlinearity}"
@@ -255,13 +245,7 @@ class _FusedCellBase:
         if state.dim() != x.dim() - unbatched:
             raise ValueError(f"{name} must be {x.dim() - unbatched}-D like input, got {state.dim()}-D")
         state = state.unsqueeze(0) if unbatched else state
-        if tuple(state.shape) != (x.shape[0], self.hidden_size):
-            raise ValueError(f"{name} must have shape {(x.shape[0], self.hidden_size)}, got {tuple(state.shape)}")
-        if state.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {state.dtype} but input has {x.dtype}")
-        if state.device != x.device:
-            raise ValueError(f"{name} is on {state.device} but input is on {x.device}")
-        return state
+        return functional.checked_state(name, state, x, (x.shape[0], self.hidden_size))
 
     def to_torch(self) -> nn.Module:
         """The same cell as a torch.nn module, with copies of the parameters."""
@@ -273,7 +257,7 @@ class LSTMCell(_FusedCellBase, nn.LSTMCell):
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
-        self.backend = _check_backend(backend)
+        self.backend = checked_name(backend)
 
     def _cell(self):
         return "lstm"
@@ -284,7 +268,7 @@ class GRUCell(_FusedCellBase, nn.GRUCell):
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
-        self.backend = _check_backend(backend)
+        self.backend = checked_name(backend)
 
     def _cell(self):
         return "gru"
@@ -295,7 +279,7 @@ class RNNCell(_FusedCellBase, nn.RNNCell):
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
-        self.backend = _check_backend(backend)
+        self.backend = checked_name(backend)
 
     def _cell(self):
         return f"rnn_{self.nonlinearity}"
@@ -344,7 +328,7 @@ def from_torch(module: nn.Module, backend: str = "auto") -> nn.Module:
     """
     fused = _FUSED_CLASS.get(type(module))
     if fused is not None:
-        return _copy_into(module, fused, backend=_check_backend(backend))
+        return _copy_into(module, fused, backend=checked_name(backend))
     for name, child in module.named_children():
         setattr(module, name, from_torch(child, backend))
     return module

@@ -43,10 +43,16 @@ def available_backends() -> dict[str, str]:
     return status
 
 
-def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that will run a call on `device`/`dtype`; raises ValueError when the one asked for can't."""
+def checked_name(backend: str) -> str:
+    """`backend` if it names one (ValueError otherwise), whether or not it can run here."""
     if backend not in NAMES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, NAMES))}, got {backend!r}")
+    return backend
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that will run a call on `device`/`dtype`; raises ValueError when the one asked for can't."""
+    checked_name(backend)
     if backend == "reference":
         return backend
     reason = _triton_unavailable(device)
