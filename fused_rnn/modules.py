@@ -198,6 +198,10 @@ class RNN(_FusedRNNBase, nn.RNNBase):
 class _FusedCellBase:
     """forward() for the cells; mixed into subclasses of torch.nn.RNNCellBase."""
 
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = checked_name(backend)
+
     def _cell(self) -> str:
         raise NotImplementedError
 
@@ -255,10 +259,6 @@ class _FusedCellBase:
 class LSTMCell(_FusedCellBase, nn.LSTMCell):
     """torch.nn.LSTMCell on fused kernels; same arguments plus `backend`."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = checked_name(backend)
-
     def _cell(self):
         return "lstm"
 
@@ -266,20 +266,12 @@ class LSTMCell(_FusedCellBase, nn.LSTMCell):
 class GRUCell(_FusedCellBase, nn.GRUCell):
     """torch.nn.GRUCell on fused kernels; same arguments plus `backend`."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = checked_name(backend)
-
     def _cell(self):
         return "gru"
 
 
 class RNNCell(_FusedCellBase, nn.RNNCell):
     """torch.nn.RNNCell on fused kernels; same arguments plus `backend`."""
-
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = checked_name(backend)
 
     def _cell(self):
         return f"rnn_{self.nonlinearity}"
