@@ -2,7 +2,7 @@
 
 from fused_rnn import functional, reference
 from fused_rnn.backends import available_backends
-from fused_rnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch
+from fused_rnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch, to_torch
 
 __all__ = [
     "GRU",
@@ -15,5 +15,6 @@ __all__ = [
     "from_torch",
     "functional",
     "reference",
+    "to_torch",
 ]
 __version__ = "0.1.0"

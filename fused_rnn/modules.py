@@ -316,11 +316,60 @@ def from_torch(module: nn.Module, backend: str = "auto") -> nn.Module:
     """fused_rnn's version of a torch.nn recurrent module, with a copy of its parameters.
 
     Given any other module, replaces every torch.nn.LSTM/GRU/RNN/LSTMCell/GRUCell/RNNCell inside it
-    (in place) and returns it, so `model = fused_rnn.from_torch(model)` converts a whole model.
+    (in place) and returns it, so `model = fused_rnn.from_torch(model)` converts a whole model. A module
+    reached through several attributes becomes one fused module, and a Parameter that several modules
+    share stays one Parameter.
     """
-    fused = _FUSED_CLASS.get(type(module))
-    if fused is not None:
-        return _copy_into(module, fused, backend=checked_name(backend))
-    for name, child in module.named_children():
-        setattr(module, name, from_torch(child, backend))
-    return module
+    return _convert(module, _FUSED_CLASS, backend=checked_name(backend))
+
+
+def to_torch(module: nn.Module) -> nn.Module:
+    """torch.nn's version of a fused_rnn layer or cell, with a copy of its parameters: from_torch undone.
+
+    Given any other module, replaces every fused_rnn layer and cell inside it (in place) and returns it,
+    keeping weights, frozen flags, device, dtype, train/eval mode, shared modules and tied parameters.
+    For what needs torch.nn's own classes: ONNX export, torch.jit.script, cuDNN.
+    """
+    return _convert(module, _TORCH_CLASS)
+
+
+def _convert(module: nn.Module, classes: dict[type, type], **extra) -> nn.Module:
+    """`module`, or in it every submodule whose class is a key of `classes`, replaced by a copy of that class's value.
+
+    Each module object is converted once, so one reached through several attributes (or twice in a
+    ModuleList) stays one module, and each Parameter is copied once, so one that several modules share,
+    converted or not, stays one Parameter.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    # Keyed by id(); each entry holds its original, so that no id can be reused while converting.
+    replacements: dict[int, tuple[nn.Module, nn.Module]] = {}
+    parameter_copies: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}
+
+    def convert(original: nn.Module) -> nn.Module:
+        if id(original) in replacements:
+            return replacements[id(original)][1]
+        target = classes.get(type(original))
+        if target is None:
+            replacements[id(original)] = (original, original)
+            for name, child in list(original._modules.items()):  # named_children() skips repeated children
+                if child is not None:
+                    setattr(original, name, convert(child))
+            return original
+        copy = _copy_into(original, target, **extra)
+        for name, parameter in original._parameters.items():
+            if parameter is None:
+                continue
+            if id(parameter) in parameter_copies:
+                setattr(copy, name, parameter_copies[id(parameter)][1])
+            else:
+                parameter_copies[id(parameter)] = (parameter, copy._parameters[name])
+        replacements[id(original)] = (original, copy)
+        return copy
+
+    converted = convert(module)
+    for owner in converted.modules():  # modules left as they were that share a Parameter with a converted one
+        for name, parameter in list(owner._parameters.items()):
+            if parameter is not None and id(parameter) in parameter_copies:
+                setattr(owner, name, parameter_copies[id(parameter)][1])
+    return converted
