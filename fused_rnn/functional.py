@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from fused_rnn import autograd, reference
-from fused_rnn.backends import resolve
+from fused_rnn.backends import resolve, torch_rnn
 from fused_rnn.cells import CELLS
 
 Tensor = torch.Tensor
@@ -38,7 +38,7 @@ def lstm(
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
         reverse: run from the last time step to the first (the backward direction of a
             bidirectional layer).
-        backend: "auto", "triton" or "reference" (see fused_rnn.available_backends()).
+        backend: "auto", "triton", "torch" or "reference" (see fused_rnn.available_backends()).
 
     Returns:
         output (T, B, H_out) or (N, H_out), and (h_n, c_n) as in hx.
@@ -142,15 +142,14 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     h0 = checked_state("h0" if spec.has_cell_state else "hx", h0, input, (batch, hidden_out))
     c0 = checked_state("c0", c0, input, (batch, hidden)) if spec.has_cell_state else None
     tensors = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
-    if resolve(backend, input.device, input.dtype) == "reference":
-        return reference.sequence(cell, *tensors, batch_sizes, reverse)
-
     # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
-    if batch * max(spec.gates, spec.saved_width) * hidden >= 2**31:
-        raise ValueError(
-            f"batch {batch} x hidden_size {hidden} is too large for backend='triton' (32-bit offsets); "
-            "use backend='reference' or split the batch"
-        )
+    offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
+    chosen = resolve(backend, input.device, input.dtype, offsets_fit)
+    if chosen == "reference":
+        return reference.sequence(cell, *tensors, batch_sizes, reverse)
+    if chosen == "torch":
+        return torch_rnn.sequence(cell, *tensors, batch_sizes, reverse)
+
     rows = input.reshape(-1, input.shape[-1])
     tensors = [t.contiguous() if t is not None else None for t in (rows, *tensors[1:])]
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -152,7 +152,7 @@ class _FusedRNNBase:
 
 
 class LSTM(_FusedRNNBase, nn.RNNBase):
-    """torch.nn.LSTM on fused kernels; same arguments plus `backend` ("auto", "triton", "reference")."""
+    """torch.nn.LSTM on fused kernels; same arguments plus `backend` ("auto", "triton", "torch", "reference")."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__("LSTM", *args, **kwargs)
@@ -163,7 +163,7 @@ class LSTM(_FusedRNNBase, nn.RNNBase):
 
 
 class GRU(_FusedRNNBase, nn.RNNBase):
-    """torch.nn.GRU on fused kernels; same arguments plus `backend` ("auto", "triton", "reference")."""
+    """torch.nn.GRU on fused kernels; same arguments plus `backend` ("auto", "triton", "torch", "reference")."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         if "proj_size" in kwargs:
@@ -176,7 +176,7 @@ class GRU(_FusedRNNBase, nn.RNNBase):
 
 
 class RNN(_FusedRNNBase, nn.RNNBase):
-    """torch.nn.RNN on fused kernels; same arguments plus `backend` ("auto", "triton", "reference")."""
+    """torch.nn.RNN on fused kernels; same arguments plus `backend` ("auto", "triton", "torch", "reference")."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         if "proj_size" in kwargs:

@@ -6,6 +6,7 @@ batch sorted by decreasing length, so the active rows of each step are a prefix 
 short sequences never compute on padding.
 """
 
+import functools
 import itertools
 
 import torch
@@ -45,3 +46,18 @@ def previous_hidden(
     from_output = exists & (row_in_batch < sizes[prev_step])
     index = torch.where(from_output, offsets[prev_step] + row_in_batch, num_rows + row_in_batch)
     return torch.cat([output, h0]).index_select(0, index.to(output.device))
+
+
+@functools.lru_cache(maxsize=64)
+def reversed_rows(batch_sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Row index that reverses every packed sequence within its own length (an involution).
+
+    Row (t, b) maps to (length_b - 1 - t, b); reversed sequences have the same lengths, so the
+    batch_sizes stay valid. Cached per layout and device: built once, not copied to a GPU per call.
+    """
+    sizes = torch.tensor(batch_sizes)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    step = torch.repeat_interleave(torch.arange(len(batch_sizes)), sizes)
+    row_in_batch = torch.arange(int(sizes.sum())) - offsets[step]
+    lengths = (sizes[None, :] > torch.arange(batch_sizes[0])[:, None]).sum(1)
+    return (offsets[lengths[row_in_batch] - 1 - step] + row_in_batch).to(device)

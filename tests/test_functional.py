@@ -6,6 +6,7 @@ from torch import nn
 
 import fused_rnn
 from fused_rnn import functional
+from fused_rnn import backends
 from fused_rnn.backends import TRITON_INTERPRETER, resolve
 
 from checks import DEVICE, TOLERANCE, assert_close
@@ -14,7 +15,7 @@ from layers import layer_weights
 
 def test_available_backends_explains_each():
     status = fused_rnn.available_backends()
-    assert set(status) == {"reference", "triton"}
+    assert set(status) == {"reference", "torch", "triton"}
     assert all(text.startswith(("available", "unavailable: ")) for text in status.values())
     if not torch.cuda.is_available():
         assert status["triton"].startswith("available on CPU through the Triton interpreter")
@@ -23,7 +24,9 @@ def test_available_backends_explains_each():
 def test_resolve():
     cpu, double = torch.device("cpu"), torch.float64
     assert resolve("reference", cpu, double) == "reference"
-    assert resolve("auto", cpu, double) == "reference"  # the interpreter is for tests, never chosen by "auto"
+    # torch.nn's kernels beat the reference on CPU; the interpreter is for tests, never chosen by "auto".
+    assert resolve("auto", cpu, double) == "torch"
+    assert resolve("torch", cpu, double) == "torch"
     if TRITON_INTERPRETER:
         assert resolve("triton", cpu, double) == "triton"
     else:
@@ -35,7 +38,7 @@ def test_resolve():
         resolve("triton", cpu, torch.complex64)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "triton", "torch"])
 def test_public_functions_match_torch_nn(backend):
     with torch.device(DEVICE if backend == "triton" else "cpu"):
         check_public_functions(backend)
@@ -207,5 +210,13 @@ def test_too_large_for_32_bit_offsets_is_refused():
     weights = [w.detach() for w in layer_weights("lstm", 1, hidden, device=DEVICE)[:4]]
     x = torch.zeros(1, 1, 1, dtype=DOUBLE, device=DEVICE).expand(1, batch, 1)  # no memory behind the batch
     state = torch.zeros(1, 1, dtype=DOUBLE, device=DEVICE).expand(batch, hidden)
-    with pytest.raises(ValueError, match="too large for backend='triton'"):
+    with pytest.raises(ValueError, match="backend='triton' cannot run here: batch x hidden_size is too large"):
         functional.sequence("lstm", x, state, state, *weights, None, None, False, "triton")
+
+
+def test_auto_serves_what_is_too_large_for_triton(monkeypatch):
+    """Where Triton runs (a GPU), "auto" passes a batch too large for its offsets on to a backend that can serve it."""
+    monkeypatch.setattr(backends, "_triton_unavailable", lambda device: None)
+    cuda = torch.device("cuda")
+    assert resolve("auto", cuda, torch.float32) == "triton"
+    assert resolve("auto", cuda, torch.float32, offsets_fit_32_bits=False) == "reference"

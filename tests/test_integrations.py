@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
 from fused_rnn import functional
@@ -47,12 +48,14 @@ def loss_and_gradients(model, x):
     return [loss.detach(), x.grad, *(p.grad for p in model.parameters())]
 
 
+@pytest.mark.parametrize("backend", ["auto", "triton"])
 @pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph_matches_eager(compile_backend):
+def test_torch_compile_fullgraph_matches_eager(compile_backend, backend):
     """fullgraph=True raises on any graph break, so passing proves the fused layers trace whole."""
     torch._dynamo.reset()
-    model = ThreeLayers("triton").to(DEVICE)
-    x = torch.randn(2, 5, 3, device=DEVICE)
+    device = DEVICE if backend == "triton" else "cpu"
+    model = ThreeLayers(backend).to(device)
+    x = torch.randn(2, 5, 3, device=device)
     eager = loss_and_gradients(model, x)
     # Compile for real: torch's on-disk caches do not key on a custom op's schema, so an entry left by
     # another version of fused_rnn would be replayed against today's ops.
@@ -84,6 +87,26 @@ def test_double_backward_through_fused_path(cell):
         return tuple(o for o in functional.sequence(cell, *leaves, None, False, "triton") if o is not None)
 
     assert torch.autograd.gradgradcheck(run, [x, h0, c0, *weights], fast_mode=True)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_double_backward_on_auto_in_float32(cell):
+    """On CPU "auto" runs torch.nn's oneDNN kernels: their second derivatives in float32 agree with the float64
+    reference's to float32 precision, across layers, directions and packing."""
+    torch_class = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
+    extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    torch_module = torch_class(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64, **extra)
+    lengths = [5, 2, 4]
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    penalties = []
+    for module in (fused_rnn.from_torch(torch_module, backend="reference"), fused_rnn.from_torch(torch_module).float()):
+        inputs = x.to(next(module.parameters()).dtype).requires_grad_()
+        packed = pack_padded_sequence(inputs, lengths, enforce_sorted=False)
+        (grad_input,) = torch.autograd.grad(module(packed)[0].data.sin().sum(), inputs, create_graph=True)
+        penalties.append(torch.autograd.grad(grad_input.square().sum(), list(module.parameters())))
+    for (name, _), exact, ours in zip(torch_module.named_parameters(), *penalties, strict=True):
+        relative = ((ours.double() - exact).norm() / exact.norm()).item()
+        assert relative < 1e-5, f"{name}: second-derivative relative error {relative:.2e}"
 
 
 def test_gradient_penalty_matches_torch_nn():
@@ -192,7 +215,7 @@ def test_dtype_moves_like_torch_nn(move, dtype):
 @pytest.mark.parametrize("cls", [fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.RNN, fused_rnn.GRUCell])
 def test_cpu_autocast_runs_in_bfloat16(cls):
     """Under autocast the layers compute in the autocast dtype, from float32 parameters and input."""
-    module = cls(3, 8)  # on CPU, "auto" is the reference; autocast casting happens before any backend
+    module = cls(3, 8)  # autocast casting happens before any backend runs
     x = torch.randn(4, 2, 3) if cls is not fused_rnn.GRUCell else torch.randn(2, 3)
     expected = module(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):

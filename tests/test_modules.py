@@ -47,7 +47,7 @@ def make_torch_module(config) -> nn.Module:
 
 
 def device_for(backend: str) -> torch.device:
-    """The triton backend runs where the Triton tests run; "auto" is exercised on CPU (the reference)."""
+    """The triton backend runs where the Triton tests run; the others are exercised on CPU."""
     return DEVICE if backend == "triton" else torch.device("cpu")
 
 
@@ -113,7 +113,7 @@ def assert_parity(torch_module, fused_module, config, seed):
         assert_close(f"{config}: grad {name}", e, o, ATOL, RTOL)
 
 
-@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
 @pytest.mark.parametrize("seed", range(16))
 def test_randomized_parity_with_torch_nn(seed, backend):
     config = random_config(seed)
@@ -183,7 +183,7 @@ PINNED_CONFIGS = [  # combinations the random seeds above happen not to reach
 ]
 
 
-@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
 @pytest.mark.parametrize("index", range(len(PINNED_CONFIGS)))
 def test_pinned_parity_with_torch_nn(index, backend):
     config = PINNED_CONFIGS[index]
@@ -203,7 +203,7 @@ def test_randomized_configs_cover_every_feature():
     assert any(c["proj_size"] for c in configs)
 
 
-@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_cells_match_torch_nn(cell, backend):
     torch_class = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}.get(cell, nn.RNNCell)

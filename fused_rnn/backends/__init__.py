@@ -3,6 +3,10 @@
 - "reference": plain PyTorch ops step by step (fused_rnn.reference); any device and dtype. The oracle.
 - "triton": fused Triton cell kernels (fused_rnn.backends.triton) on CUDA GPUs, or on CPU under the
   Triton interpreter when TRITON_INTERPRET=1 was set before fused_rnn was imported (slow; for tests).
+- "torch": torch.nn's own recurrent kernels (fused_rnn.backends.torch_rnn): oneDNN on CPU, cuDNN on GPU.
+
+"auto" picks, on CUDA, "triton" (the reference where Triton cannot run); elsewhere "torch", which on CPU
+is 2-18x faster than the reference (benchmarks/results/cpu.md) and keeps double backward and torch.compile.
 """
 
 import importlib.util
@@ -10,7 +14,7 @@ import os
 
 import torch
 
-NAMES = ("auto", "triton", "reference")
+NAMES = ("auto", "triton", "torch", "reference")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
@@ -32,7 +36,10 @@ def _triton_unavailable(device: torch.device) -> str | None:
 def available_backends() -> dict[str, str]:
     """Each backend's name -> whether it works on this machine, and why not when it does not."""
     cuda = torch.cuda.is_available()
-    status = {"reference": "available: plain PyTorch ops on any device and dtype (the oracle; slow)"}
+    status = {
+        "reference": "available: plain PyTorch ops on any device and dtype (the oracle; slow)",
+        "torch": "available: torch.nn's own kernels (oneDNN on CPU, cuDNN on GPU); what 'auto' runs on CPU",
+    }
     reason = _triton_unavailable(torch.device("cuda" if cuda else "cpu"))
     if reason is not None:
         status["triton"] = f"unavailable: {reason}"
@@ -50,16 +57,24 @@ def checked_name(backend: str) -> str:
     return backend
 
 
-def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that will run a call on `device`/`dtype`; raises ValueError when the one asked for can't."""
+def resolve(backend: str, device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool = True) -> str:
+    """The backend that will run a call on `device`/`dtype`; raises ValueError when the one asked for can't.
+
+    offsets_fit_32_bits: whether one step's largest [batch, gates * hidden] block is below 2**31 elements,
+    the limit of the Triton kernels' 32-bit offsets.
+    """
     checked_name(backend)
-    if backend == "reference":
+    if backend in ("reference", "torch"):
         return backend
     reason = _triton_unavailable(device)
     if reason is None and dtype not in TRITON_DTYPES:
         reason = f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
+    if reason is None and not offsets_fit_32_bits:
+        reason = "batch x hidden_size is too large for its 32-bit offsets; split the batch"
     if backend == "triton":
         if reason is not None:
             raise ValueError(f"backend='triton' cannot run here: {reason}")
         return backend
-    return "triton" if reason is None and device.type == "cuda" else "reference"
+    if device.type == "cuda":
+        return "triton" if reason is None else "reference"
+    return "torch"

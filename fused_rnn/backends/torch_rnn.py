@@ -1,0 +1,42 @@
+"""torch.nn's own recurrent kernels (oneDNN on CPU, cuDNN on GPU) behind fused_rnn's per-direction call.
+
+On CPU these beat fused_rnn's step-by-step reference by 2-18x (measured, benchmarks/results/cpu.md), so
+backend="auto" runs them there until a compiled fused_rnn path is measured faster. They are ATen ops with
+their own autograd, double backward included on CPU, and torch.compile traces them.
+
+ATen runs a direction forward in time only; the reverse direction of a bidirectional layer runs on the
+time-reversed rows (each sequence reversed within its own length, which keeps a packed layout's
+batch_sizes) and reverses its output back.
+"""
+
+import torch
+
+from fused_rnn.packing import reversed_rows
+
+_OPS = {"lstm": torch.lstm, "gru": torch.gru, "rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu}
+
+
+def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse):
+    """One direction of one layer; arguments and results as fused_rnn.reference.sequence."""
+    weights = [w for w in (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) if w is not None]
+    state = (h0.unsqueeze(0), c0.unsqueeze(0)) if c0 is not None else h0.unsqueeze(0)
+    if reverse:
+        input = _time_reversed(input, batch_sizes)
+    # cuDNN refuses a backward through a forward run with train=False; there is no dropout in one layer.
+    common = (weights, bias_ih is not None, 1, 0.0, torch.is_grad_enabled(), False)
+    if batch_sizes is None:
+        output, *final = _OPS[cell](input, state, *common, False)
+    else:
+        sizes = torch.tensor(batch_sizes, dtype=torch.int64)
+        output, *final = _OPS[cell](input, sizes, state, *common)
+    if reverse:
+        output = _time_reversed(output, batch_sizes)
+    h_n, c_n = (final[0][0], final[1][0]) if c0 is not None else (final[0][0], None)
+    return output, h_n, c_n
+
+
+def _time_reversed(tensor, batch_sizes):
+    """Each sequence of padded (T, B, *) or packed (N, *) rows reversed in time (its own inverse)."""
+    if batch_sizes is None:
+        return tensor.flip(0)
+    return tensor.index_select(0, reversed_rows(tuple(batch_sizes), tensor.device))
