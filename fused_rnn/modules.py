@@ -25,6 +25,13 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     return None
 
 
+def _autocast(tensor, dtype: torch.dtype | None):
+    """`tensor` as autocast would hand it to a lower-precision op: floating types but float64 cast to `dtype`."""
+    if dtype is None or tensor is None or not tensor.is_floating_point() or tensor.dtype == torch.float64:
+        return tensor
+    return tensor.to(dtype)
+
+
 class _FusedRNNBase:
     """forward() for the multi-layer modules; mixed into subclasses of torch.nn.RNNBase."""
 
@@ -59,12 +66,15 @@ class _FusedRNNBase:
             raise ValueError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
             )
-        h0, c0 = self._initial_state(hx, x, batch, unbatched)
+        # Under autocast the input and the states may arrive in different dtypes (an fp32 hx beside a bf16 input
+        # from an autocast op); like torch.nn, cast them first and check that they agree after.
+        cast = _autocast_dtype(x.device.type)
+        x = _autocast(x, cast)
+        h0, c0 = self._initial_state(hx, x, batch, unbatched, cast)
         if packed and sorted_indices is not None:
             h0 = h0.index_select(1, sorted_indices)
             c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
 
-        cast = _autocast_dtype(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
             output, h_n, c_n = self._run_layers(x, h0, c0, batch_sizes, cast)
 
@@ -81,9 +91,6 @@ class _FusedRNNBase:
         return output, (h_n, c_n) if c_n is not None else h_n
 
     def _run_layers(self, x, h0, c0, batch_sizes, cast):
-        if cast is not None:
-            x, h0 = x.to(cast), h0.to(cast)
-            c0 = c0.to(cast) if c0 is not None else None
         directions = 2 if self.bidirectional else 1
         cell = self._cell()
         h_n, c_n = [], []
@@ -92,8 +99,7 @@ class _FusedRNNBase:
             for direction in range(directions):
                 index = layer * directions + direction
                 weights = self._layer_weights(layer, direction == 1)
-                if cast is not None:
-                    weights = [w.to(cast) if w is not None else None for w in weights]
+                weights = [_autocast(w, cast) for w in weights]
                 output, h, c = functional.sequence(
                     cell,
                     x,
@@ -112,7 +118,7 @@ class _FusedRNNBase:
                 x = F.dropout(x, self.dropout, training=True)
         return x, torch.stack(h_n), torch.stack(c_n) if c0 is not None else None
 
-    def _initial_state(self, hx, x, batch, unbatched):
+    def _initial_state(self, hx, x, batch, unbatched, cast):
         directions = 2 if self.bidirectional else 1
         h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         h_shape = (self.num_layers * directions, batch, h_size)
@@ -143,7 +149,7 @@ class _FusedRNNBase:
                 got = tuple(state.shape[:1] + state.shape[2:]) if unbatched else tuple(state.shape)
                 want = (shape[0], shape[2]) if unbatched else shape
                 raise ValueError(f"Expected {name} size {want}, got {got}")
-            checked.append(functional.checked_state(name, state, x, shape))
+            checked.append(functional.checked_state(name, _autocast(state, cast), x, shape))
         return checked[0], checked[1] if has_c else None
 
     def to_torch(self) -> nn.Module:
@@ -222,33 +228,30 @@ class _FusedCellBase:
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[1]}"
             )
         has_c = self._cell() == "lstm"
+        cast = _autocast_dtype(x.device.type)  # cast before the dtype checks, as in the layers' forward
+        x = _autocast(x, cast)
         if hx is None:
             h = c = None
         elif has_c:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"hx must be a tuple (h, c) for an LSTMCell, got {type(hx).__name__}")
-            h, c = (self._check_state(n, s, x, unbatched) for n, s in (("hx[0]", hx[0]), ("hx[1]", hx[1])))
+            h, c = (self._check_state(n, s, x, unbatched, cast) for n, s in (("hx[0]", hx[0]), ("hx[1]", hx[1])))
         else:
-            h, c = self._check_state("hx", hx, x, unbatched), None
+            h, c = self._check_state("hx", hx, x, unbatched, cast), None
 
-        cast = _autocast_dtype(x.device.type)
-        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        weights = [_autocast(w, cast) for w in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
         with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
-            if cast is not None:
-                x = x.to(cast)
-                h, c = (s.to(cast) if s is not None else None for s in (h, c))
-                weights = [w.to(cast) if w is not None else None for w in weights]
             _, h, c = functional.sequence(self._cell(), x.unsqueeze(0), h, c, *weights, None, None, False, self.backend)
         if unbatched:
             h, c = h.squeeze(0), c.squeeze(0) if c is not None else None
         return (h, c) if has_c else h
 
-    def _check_state(self, name, state, x, unbatched):
+    def _check_state(self, name, state, x, unbatched, cast):
         if not isinstance(state, torch.Tensor):
             raise TypeError(f"{name} must be a Tensor, got {type(state).__name__}")
         if state.dim() != x.dim() - unbatched:
             raise ValueError(f"{name} must be {x.dim() - unbatched}-D like input, got {state.dim()}-D")
-        state = state.unsqueeze(0) if unbatched else state
+        state = _autocast(state.unsqueeze(0) if unbatched else state, cast)
         return functional.checked_state(name, state, x, (x.shape[0], self.hidden_size))
 
     def to_torch(self) -> nn.Module:

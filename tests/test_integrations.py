@@ -226,3 +226,36 @@ def test_cpu_autocast_runs_in_bfloat16(cls):
     assert (ours.float() - expected).abs().max() < 3e-2
     ours.float().sum().backward()
     assert all(p.grad.dtype == torch.float32 for p in module.parameters())
+
+
+AUTOCAST_CASES = [
+    pytest.param(fused_rnn.LSTM, nn.LSTM, lambda h: (h, h.clone()), id="LSTM"),
+    pytest.param(fused_rnn.GRU, nn.GRU, lambda h: h, id="GRU"),
+    pytest.param(fused_rnn.RNN, nn.RNN, lambda h: h, id="RNN"),
+    pytest.param(fused_rnn.LSTMCell, nn.LSTMCell, lambda h: (h[0], h[0].clone()), id="LSTMCell"),
+    pytest.param(fused_rnn.GRUCell, nn.GRUCell, lambda h: h[0], id="GRUCell"),
+    pytest.param(fused_rnn.RNNCell, nn.RNNCell, lambda h: h[0], id="RNNCell"),
+]
+
+
+@pytest.mark.parametrize("fused_class, torch_class, make_hx", AUTOCAST_CASES)
+def test_autocast_accepts_a_float32_hx_beside_a_lower_precision_input(fused_class, torch_class, make_hx):
+    """Inside autocast an fp32 hx meets a bf16 input (from an earlier autocast op): torch.nn casts both, so must we.
+
+    The result is checked against torch.nn in float64 on the same bf16-rounded values."""
+    module = fused_class(3, 8)
+    is_cell = issubclass(torch_class, nn.RNNCellBase)
+    x = torch.randn(2, 3) if is_cell else torch.randn(4, 2, 3)
+    hx = make_hx(torch.randn(1, 2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = module(x.bfloat16(), hx)
+    exact_module = torch_class(3, 8, dtype=torch.float64)
+    exact_module.load_state_dict({k: v.bfloat16().double() for k, v in module.state_dict().items()})
+    rounded = lambda t: t.bfloat16().double()
+    exact = exact_module(rounded(x), torch.utils._pytree.tree_map(rounded, hx))
+    for e, o in zip(torch.utils._pytree.tree_leaves(exact), torch.utils._pytree.tree_leaves(ours), strict=True):
+        assert o.dtype == torch.bfloat16
+        assert ((o.double() - e).norm() / e.norm()).item() < 2e-2
+    # Outside autocast the mismatch is the user's mistake, and says so.
+    with pytest.raises(TypeError, match=r"(h_0|hx|hx\[0\]) has dtype torch.float32 but input has torch.bfloat16"):
+        module(x.bfloat16(), hx)
