@@ -18,9 +18,19 @@ KERNELS = {
 }
 
 
-def _tiles(batch: int, hidden: int) -> tuple[dict, tuple[int, int]]:
+# Register limits on a tile, found by compiling every tile for sm_80/sm_90 (tests/test_triton_compile.py):
+# - accumulator bits: 2048 fp32 values, 16 per thread at Triton's default 4 warps. An fp64 value takes two
+#   registers, so fp64 tiles hold half as many (at 2048 the fp64 LSTM kernels spilled 50-600 bytes).
+# - rows: each row of a tile needs its own offsets, so tall narrow tiles (hidden < 16) ran out of registers:
+#   the fp32 LSTM backward spilled at 2048 x 1, and 128-256 rows took 200-250 of the 255 registers.
+TILE_ACCUMULATOR_BITS = 2048 * 32
+MAX_BLOCK_B = 64
+
+
+def _tiles(batch: int, hidden: int, dtype: torch.dtype) -> tuple[dict, tuple[int, int]]:
     block_h = min(triton.next_power_of_2(hidden), 128)
-    block_b = min(triton.next_power_of_2(batch), max(1, 2048 // block_h))
+    max_elements = TILE_ACCUMULATOR_BITS // _acc(dtype).primitive_bitwidth
+    block_b = min(triton.next_power_of_2(batch), max(1, max_elements // block_h), MAX_BLOCK_B)
     grid = (triton.cdiv(batch, block_b), triton.cdiv(hidden, block_h))
     return {"BLOCK_B": block_b, "BLOCK_H": block_h}, grid
 
@@ -34,7 +44,7 @@ def forward_step(cell, xg, hg, bias, h, c, out, saved, write_h):
     """Gate activations, state update and output for one step's active rows (out.shape[0] of them)."""
     batch, hidden = out.shape
     kernel, _, cell_constants = KERNELS[cell]
-    tiles, grid = _tiles(batch, hidden)
+    tiles, grid = _tiles(batch, hidden, out.dtype)
     kernel[grid](
         p_xg=xg,
         p_hg=hg,
@@ -58,7 +68,7 @@ def backward_step(cell, dh, dout, dc, saved, hprev, out, dgx, dgh):
     """Gate-gradient kernel for one step's active rows (dgx.shape[0] of them)."""
     batch, hidden = dgx.shape[0], dgx.shape[1] // CELLS[cell].gates
     _, kernel, cell_constants = KERNELS[cell]
-    tiles, grid = _tiles(batch, hidden)
+    tiles, grid = _tiles(batch, hidden, dgx.dtype)
     kernel[grid](
         p_dh=dh,
         p_dout=dout,
