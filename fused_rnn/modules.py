@@ -156,6 +156,9 @@ class _FusedRNNBase:
         """The same layer as a torch.nn module (cuDNN on GPU), with copies of the parameters."""
         return _copy_into(self, _TORCH_CLASS[type(self)])
 
+    def __prepare_scriptable__(self):
+        _refuse_torchscript(self)
+
 
 class LSTM(_FusedRNNBase, nn.RNNBase):
     """torch.nn.LSTM on fused kernels; same arguments plus `backend` ("auto", "triton", "torch", "reference")."""
@@ -258,6 +261,9 @@ class _FusedCellBase:
         """The same cell as a torch.nn module, with copies of the parameters."""
         return _copy_into(self, _TORCH_CLASS[type(self)])
 
+    def __prepare_scriptable__(self):
+        _refuse_torchscript(self)
+
 
 class LSTMCell(_FusedCellBase, nn.LSTMCell):
     """torch.nn.LSTMCell on fused kernels; same arguments plus `backend`."""
@@ -289,6 +295,17 @@ _TORCH_CLASS = {
     RNNCell: nn.RNNCell,
 }
 _FUSED_CLASS = {torch_class: fused for fused, torch_class in _TORCH_CLASS.items()}
+# A whole saved model that holds these loads with torch.load(weights_only=True), as one holding torch.nn's does.
+torch.serialization.add_safe_globals(list(_TORCH_CLASS))
+
+
+def _refuse_torchscript(module: nn.Module):
+    """What torch.jit.script meets: it calls __prepare_scriptable__ on every module before compiling it."""
+    raise TypeError(
+        f"torch.jit.script cannot compile fused_rnn.{type(module).__name__}: its forward is Python, not TorchScript. "
+        "Script fused_rnn.to_torch(model) instead (torch.nn's layers, same weights), or use torch.export.export "
+        "or torch.compile, which keep the fused kernels."
+    )
 
 
 def _copy_into(module: nn.Module, cls: type, **extra) -> nn.Module:

@@ -1,10 +1,59 @@
-"""Converting, saving, loading and deploying models that contain fused_rnn layers."""
+"""Converting, saving, loading and deploying models that contain fused_rnn layers: to_torch/from_torch,
+torch.load(weights_only=True), ONNX, torch.export, FSDP2 and TorchScript."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import types
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.export import Dim
 
 import fused_rnn
+
+from checks import DEVICE, TOLERANCE, assert_close
+
+FUSED_CLASSES = (fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.RNN, fused_rnn.LSTMCell, fused_rnn.GRUCell, fused_rnn.RNNCell)
+TORCH_CLASSES = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+
+
+class AllLayers(nn.Module):
+    """Every recurrent layer and cell, batch-first, then a linear head; built from `library` (torch.nn or
+    fused_rnn, whose classes share their names), so the same weights make a fused model and its torch.nn oracle."""
+
+    def __init__(self, library: types.ModuleType, proj_size: int = 0, **fused_options):
+        super().__init__()
+        self.lstm = library.LSTM(
+            3, 6, num_layers=2, batch_first=True, bidirectional=True, proj_size=proj_size, **fused_options
+        )
+        self.gru = library.GRU(2 * (proj_size or 6), 5, batch_first=True, **fused_options)
+        self.rnn = library.RNN(5, 4, batch_first=True, nonlinearity="relu", **fused_options)
+        self.lstm_cell = library.LSTMCell(4, 4, **fused_options)
+        self.gru_cell = library.GRUCell(4, 4, **fused_options)
+        self.rnn_cell = library.RNNCell(4, 4, **fused_options)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x, _ = self.lstm(x)
+        x, _ = self.gru(x)
+        x, _ = self.rnn(x)
+        h, _ = self.lstm_cell(x[:, -1])
+        h = self.gru_cell(x[:, 0], h)
+        return self.head(self.rnn_cell(x[:, 1], h))
+
+
+def torch_nn_twin(model: AllLayers, proj_size: int = 0) -> AllLayers:
+    """The oracle: `model`'s weights in torch.nn's layers, on the CPU, built without fused_rnn's conversions."""
+    twin = AllLayers(nn, proj_size=proj_size).to(next(model.parameters()).dtype)
+    twin.load_state_dict({name: tensor.cpu() for name, tensor in model.state_dict().items()})
+    return twin.train(model.training)
 
 
 class SharedRecurrence(nn.Module):
@@ -62,3 +111,216 @@ def test_conversion_keeps_shared_modules_and_tied_parameters(direction):
     for i, (before, after) in enumerate(zip(original, converted.parameters(), strict=True)):
         assert torch.equal(before, after), f"parameter {i} changed"
     torch.testing.assert_close(converted(x), expected)
+
+
+def test_to_torch_keeps_weights_frozen_flags_dtype_and_mode():
+    model = AllLayers(fused_rnn).double().eval()
+    model.gru.requires_grad_(False)
+    model.rnn_cell.weight_hh.requires_grad_(False)
+    frozen = {name: p.requires_grad for name, p in model.named_parameters()}
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    expected = torch_nn_twin(model)(x)
+
+    converted = fused_rnn.to_torch(model)
+
+    assert not any(isinstance(m, FUSED_CLASSES) for m in converted.modules())
+    assert {type(m) for m in converted.children()} == {*TORCH_CLASSES, nn.Linear}
+    assert {name: p.requires_grad for name, p in converted.named_parameters()} == frozen
+    assert all(p.dtype == torch.float64 for p in converted.parameters())
+    assert not any(m.training for m in converted.modules())
+    assert_close("output", expected, converted(x), *TOLERANCE[torch.float64])
+
+
+def test_to_torch_keeps_the_device_and_converts_a_single_layer():
+    with torch.device("meta"):
+        model = AllLayers(fused_rnn)
+    assert all(p.device.type == "meta" for p in fused_rnn.to_torch(model).parameters())
+    layer = fused_rnn.GRU(3, 4, num_layers=2, bias=False)
+    converted = fused_rnn.to_torch(layer)
+    assert type(converted) is nn.GRU and converted.num_layers == 2 and not converted.bias
+    for name, p in layer.named_parameters():
+        assert torch.equal(p, getattr(converted, name)) and p is not getattr(converted, name)
+
+
+@pytest.mark.parametrize("convert", [fused_rnn.to_torch, fused_rnn.from_torch])
+def test_conversion_rejects_what_is_not_a_module(convert):
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module, got dict"):
+        convert({"lstm": nn.LSTM(2, 3)})
+
+
+# Run in a fresh interpreter: loads the saved model with torch.load's default weights_only=True, allowlisting
+# only the model's own classes (as torch requires for torch.nn's layers too), and writes what it found.
+LOAD_IN_FRESH_PROCESS = """
+import importlib, sys
+import torch
+from torch import nn
+
+model_path, input_path, result_path, test_module = sys.argv[1:]
+before = list(torch.serialization.get_safe_globals())
+import fused_rnn
+registered = [g for g in torch.serialization.get_safe_globals() if g not in before]
+AllLayers = importlib.import_module(test_module).AllLayers
+with torch.serialization.safe_globals([AllLayers, nn.Linear]):
+    model = torch.load(model_path)
+torch.save(
+    {
+        "registered": [f"{g.__module__}.{g.__qualname__}" for g in registered],
+        "types": {name: f"{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_children()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "output": model(torch.load(input_path)),
+    },
+    result_path,
+)
+"""
+
+
+def test_whole_model_loads_with_weights_only_in_a_fresh_process(tmp_path):
+    model = AllLayers(fused_rnn, backend="reference")
+    model.lstm.requires_grad_(False)
+    x = torch.randn(2, 5, 3)
+    torch.save(model, tmp_path / "model.pt")
+    torch.save(x, tmp_path / "input.pt")
+    paths = [str(tmp_path / name) for name in ("model.pt", "input.pt", "result.pt")]
+    process = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, *paths, AllLayers.__module__],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert process.returncode == 0, process.stderr
+    result = torch.load(tmp_path / "result.pt")
+    assert sorted(result["registered"]) == sorted(f"fused_rnn.modules.{c.__name__}" for c in FUSED_CLASSES)
+    assert result["types"] == {
+        name: f"{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_children()
+    }
+    assert result["requires_grad"] == {name: p.requires_grad for name, p in model.named_parameters()}
+    assert_close("output", torch_nn_twin(model)(x), result["output"], *TOLERANCE[torch.float32])
+
+
+def onnxruntime_output(model: nn.Module, x: torch.Tensor, run_on: torch.Tensor, tmp_path, **export_options):
+    """`model` exported by torch.onnx.export for inputs like `x` (input name "x"), run by onnxruntime on `run_on`."""
+    onnxruntime = pytest.importorskip("onnxruntime", reason="installed by the test extra")
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (x,), path, input_names=["x"], **export_options)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"x": run_on.numpy()})[0])
+
+
+ANY_BATCH = {0: Dim("batch", min=2, max=1024)}
+ANY_BATCH_AND_LENGTH = {**ANY_BATCH, 1: Dim("time", min=2, max=4096)}
+
+
+@pytest.mark.parametrize(
+    "exporter, dynamic_axes",
+    [
+        # torch's default exporter; it fixes the sequence length at the example's (torch.nn's layers specialise it).
+        pytest.param("dynamo", ANY_BATCH, id="dynamo-any-batch"),
+        # The TorchScript-based exporter emits ONNX's LSTM/GRU/RNN operators, which take any length.
+        pytest.param("torchscript", ANY_BATCH_AND_LENGTH, id="torchscript-any-batch-and-length"),
+    ],
+)
+def test_onnx_export_after_to_torch_runs_in_onnxruntime(exporter, dynamic_axes, tmp_path):
+    pytest.importorskip("onnxscript", reason="installed by the test extra")
+    model = AllLayers(fused_rnn).eval()
+    x = torch.randn(2, 5, 3)
+    other_shape = torch.randn(3, 7 if 1 in dynamic_axes else 5, 3)
+    expected = torch_nn_twin(model)(other_shape).detach()
+    if exporter == "dynamo":
+        options = {"dynamo": True, "dynamic_shapes": {"x": dynamic_axes}}
+    else:
+        options = {"dynamo": False, "dynamic_axes": {"x": {axis: dim.__name__ for axis, dim in dynamic_axes.items()}}}
+    got = onnxruntime_output(fused_rnn.to_torch(model), x, other_shape, tmp_path, **options)
+    assert_close("onnxruntime output", expected, got, *TOLERANCE[torch.float32])
+
+
+def test_onnx_direct_export_of_an_lstm_with_projections(tmp_path):
+    """torch.onnx cannot export torch.nn.LSTM with proj_size; the reference backend exports as plain ops instead,
+    unrolled over the example's batch and sequence length, which the ONNX model then requires."""
+    pytest.importorskip("onnxscript", reason="installed by the test extra")
+    model = AllLayers(fused_rnn, proj_size=2, backend="reference").eval()
+    x, other_values = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    got = onnxruntime_output(model, x, other_values, tmp_path, dynamo=True)
+    expected = torch_nn_twin(model, proj_size=2)(other_values).detach()
+    assert_close("onnxruntime output", expected, got, *TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "backend, dynamic_shapes",
+    [
+        pytest.param("auto", None, id="auto"),
+        # The fused path runs through the custom op fused_rnn::sequence_forward, whose fake implementation
+        # takes symbolic sizes; bounds let export prove the kernels' 32-bit offsets fit.
+        pytest.param("triton", {"x": ANY_BATCH_AND_LENGTH}, id="triton-any-batch-and-length"),
+    ],
+)
+def test_torch_export_saves_loads_and_runs(backend, dynamic_shapes):
+    device = DEVICE if backend == "triton" else torch.device("cpu")
+    model = AllLayers(fused_rnn, backend=backend).to(device).eval()
+    x = torch.randn(2, 5, 3, device=device)
+    run_on = torch.randn(3, 7, 3, device=device) if dynamic_shapes else x
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes), buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer)
+    if backend == "triton":
+        operators = {node.target for node in loaded.graph.nodes if node.op == "call_function"}
+        assert torch.ops.fused_rnn.sequence_forward.default in operators
+    expected = torch_nn_twin(model)(run_on.cpu())
+    assert_close("exported program's output", expected, loaded.module()(run_on).cpu(), *TOLERANCE[torch.float32])
+
+
+def test_torch_jit_script_refuses_and_points_to_to_torch():
+    model = AllLayers(fused_rnn)
+    for scripted, name in ((model, "LSTM"), (fused_rnn.GRUCell(3, 4), "GRUCell")):
+        message = rf"torch.jit.script cannot compile fused_rnn.{name}: .* fused_rnn.to_torch\(model\) .* torch.export"
+        with pytest.raises(TypeError, match=message):
+            torch.jit.script(scripted)
+    x = torch.randn(2, 5, 3)
+    expected = torch_nn_twin(model)(x)
+    assert_close("scripted output", expected, torch.jit.script(fused_rnn.to_torch(model))(x), *TOLERANCE[torch.float32])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fully_sharded_worker(rank, world_size, port, state, inputs, result_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        model = AllLayers(fused_rnn)
+        model.load_state_dict(state)
+        for layer in model.children():
+            if isinstance(layer, FUSED_CLASSES):
+                fully_shard(layer)
+        fully_shard(model)
+        model(inputs[rank]).sum().backward()
+        shards = {name: tuple(p.to_local().shape) for name, p in model.named_parameters()}
+        gradients = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
+        if rank == 0:
+            torch.save({"shards": shards, "gradients": gradients}, result_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fully_sharded_gradients_equal_single_process(tmp_path):
+    """FSDP2 (fully_shard) over 2 processes with gloo on CPU, against torch.nn in one process."""
+    world_size = 2
+    model = AllLayers(fused_rnn)
+    inputs = torch.randn(world_size, 2, 4, 3)
+    oracle = torch_nn_twin(model)
+    oracle(inputs.flatten(0, 1)).sum().backward()
+    result_path = tmp_path / "result.pt"
+    mp.start_processes(
+        _fully_sharded_worker,
+        args=(world_size, _free_port(), model.state_dict(), inputs, result_path),
+        nprocs=world_size,
+        start_method="spawn",
+    )
+    result = torch.load(result_path)
+    assert result["shards"]["lstm.weight_hh_l0"] == (12, 6), "each rank holds half of each weight"
+    # The loss sums over the batch and FSDP averages the ranks' gradients: times world_size, the full-batch gradient.
+    for name, p in oracle.named_parameters():
+        assert_close(f"grad {name}", p.grad, result["gradients"][name] * world_size, *TOLERANCE[torch.float32])
