@@ -1,9 +1,11 @@
 """From measurements (dicts, as stored in the results JSON) to ratios, a table, files and a plot."""
 
+import argparse
 import json
 import platform
 import re
 import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +17,12 @@ import fused_rnn
 from benchmarks.contenders import TORCH
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+RESULTS = REPOSITORY / "benchmarks" / "results"
+README = REPOSITORY / "README.md"
+README_BEGIN = (
+    "<!-- generated from benchmarks/results/*.json by `python -m benchmarks.report --readme`; edit those, not this -->"
+)
+README_END = "<!-- end of the generated benchmark tables -->"
 TABLE_COLUMNS = (
     "config",
     "cell",
@@ -233,3 +241,100 @@ def plot_sweeps(results: list[dict], environment: dict, path: Path) -> None:
     figure.legend(handles, labels, loc="outside lower center", ncols=len(DTYPE_LINE_STYLES), fontsize="small")
     figure.suptitle(f"fused_rnn vs torch.nn on {environment['device_name']}")
     figure.savefig(path, dpi=110)
+
+
+def plot_ratios(results: list[dict], environment: dict, path: Path) -> None:
+    """Each fused contender's time relative to torch.nn's in the same dtype and mode, one bar per case."""
+    measured = [r for r in results if r["contender"] != TORCH and r["ratio_to_torch"]]
+    cases = list(dict.fromkeys(_summary_case(r) for r in measured))
+    contenders = list(dict.fromkeys(r["contender"] for r in measured))
+    height = 0.8 / max(1, len(contenders))
+    figure = Figure(figsize=(9, 1.5 + 0.2 * len(cases) * max(1, len(contenders))), layout="constrained")
+    ax = figure.subplots()
+    for index, contender in enumerate(contenders):
+        ratios = {_summary_case(r): r["ratio_to_torch"] for r in measured if r["contender"] == contender}
+        rows = [row for row, case in enumerate(cases) if case in ratios]
+        ax.barh([row + index * height for row in rows], [ratios[cases[row]] for row in rows], height, label=contender)
+    ax.set_yticks([row + 0.4 - height / 2 for row in range(len(cases))], [" ".join(c) for c in cases], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_xlabel("time / torch.nn's time in the same dtype and mode (below 1: faster than torch.nn)")
+    ax.legend(loc="lower right", fontsize="small")
+    figure.suptitle(f"fused_rnn vs torch.nn on {environment['device_name']}")
+    figure.savefig(path, dpi=100)
+
+
+def _summary_case(result: dict) -> tuple[str, str, str, str]:
+    return result["config"], result["cell"], result["dtype"], result["mode"]
+
+
+def readme_documents(directory: Path = RESULTS) -> list[dict]:
+    """The results files the README shows: every GPU one, or the CPU ones while there is no GPU one."""
+    documents = [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
+    on_gpu = [d for d in documents if d["environment"]["device"] == "cuda"]
+    return on_gpu or [d for d in documents if d["environment"]["device"] == "cpu"]
+
+
+def readme_tables(documents: list[dict]) -> str:
+    """Per results file: where and when it was measured, with which versions, then ms per contender per case."""
+    sections = []
+    for document in documents:
+        env, settings = document["environment"], document["settings"]
+        cuda = f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if env["device"] == "cuda" else ""
+        sections.append(
+            f"{env['device_name']} ({env['device']}), {env['date_utc'][:10]}: torch {env['torch']}, triton "
+            f"{env['triton']}{cuda}, fused_rnn {env['fused_rnn']} at commit {(env['git_commit'] or 'unknown')[:12]}. "
+            f"Median ms of {settings['repeats']} runs; in brackets, the time relative to torch.nn in the same dtype."
+        )
+        sections.append(summary_table(document["results"]))
+    return "\n\n".join(sections)
+
+
+def summary_table(results: list[dict]) -> str:
+    """One row per (config, cell, dtype, mode), one column per contender: ms (x torch.nn)."""
+    contenders = list(dict.fromkeys(r["contender"] for r in results))
+    by_case: dict[tuple, dict[str, dict]] = {}
+    for r in results:
+        by_case.setdefault(_summary_case(r), {})[r["contender"]] = r
+    lines = [
+        "| config | cell | dtype | mode | " + " | ".join(contenders) + " |",
+        "|---|---|---|---|" + "---|" * len(contenders),
+    ]
+    for case, per_contender in by_case.items():
+        cells = []
+        for contender in contenders:
+            r = per_contender.get(contender)
+            if r is None or r["failure"]:
+                cells.append("-" if r is None else "failed")
+            elif contender == TORCH or r["ratio_to_torch"] is None:
+                cells.append(_number(r["ms"]))
+            else:
+                cells.append(f"{_number(r['ms'])} ({r['ratio_to_torch']:.2f}x)")
+        lines.append("| " + " | ".join(case) + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def readme_with_tables(readme: str, tables: str) -> str:
+    """`readme` with the text between README_BEGIN and README_END replaced by `tables`."""
+    begin, end = readme.find(README_BEGIN), readme.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"the README has no {README_BEGIN!r} ... {README_END!r} section")
+    return readme[: begin + len(README_BEGIN)] + "\n\n" + tables + "\n\n" + readme[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description="The README's benchmark tables.")
+    parser.add_argument("--readme", action="store_true", help="rewrite them in README.md from benchmarks/results/")
+    args = parser.parse_args(argv)
+    updated = readme_with_tables(README.read_text(), readme_tables(readme_documents()))
+    if args.readme:
+        README.write_text(updated)
+    else:
+        print(updated[updated.index(README_BEGIN) : updated.index(README_END) + len(README_END)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
