@@ -35,8 +35,19 @@ def previous_hidden(
         if reverse:
             return torch.cat([output[batch:], h0])
         return torch.cat([h0, output[:-batch]])
+    index = previous_rows(tuple(batch_sizes), reverse, output.device)
+    return torch.cat([output, h0]).index_select(0, index)
+
+
+@functools.lru_cache(maxsize=64)
+def previous_rows(batch_sizes: tuple[int, ...], reverse: bool, device: torch.device) -> torch.Tensor:
+    """previous_hidden's row index into cat([output, h0]).
+
+    Cached per layout and device: built on the CPU once, not copied to a GPU (a host sync, and impossible
+    inside CUDA graph capture) on every backward.
+    """
     sizes = torch.tensor(batch_sizes)
-    num_steps, num_rows = len(batch_sizes), output.shape[0]
+    num_steps, num_rows = len(batch_sizes), int(sizes.sum())
     offsets = torch.cumsum(sizes, 0) - sizes
     step = torch.repeat_interleave(torch.arange(num_steps), sizes)
     row_in_batch = torch.arange(num_rows) - offsets[step]
@@ -44,8 +55,7 @@ def previous_hidden(
     exists = (prev_step >= 0) & (prev_step < num_steps)
     prev_step = prev_step.clamp(0, num_steps - 1)
     from_output = exists & (row_in_batch < sizes[prev_step])
-    index = torch.where(from_output, offsets[prev_step] + row_in_batch, num_rows + row_in_batch)
-    return torch.cat([output, h0]).index_select(0, index.to(output.device))
+    return torch.where(from_output, offsets[prev_step] + row_in_batch, num_rows + row_in_batch).to(device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -53,7 +63,7 @@ def reversed_rows(batch_sizes: tuple[int, ...], device: torch.device) -> torch.T
     """Row index that reverses every packed sequence within its own length (an involution).
 
     Row (t, b) maps to (length_b - 1 - t, b); reversed sequences have the same lengths, so the
-    batch_sizes stay valid. Cached per layout and device: built once, not copied to a GPU per call.
+    batch_sizes stay valid. Cached per layout and device, as previous_rows.
     """
     sizes = torch.tensor(batch_sizes)
     offsets = torch.cumsum(sizes, 0) - sizes

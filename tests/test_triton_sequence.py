@@ -1,9 +1,12 @@
 """The fused Triton path (kernels + driver) against the reference: outputs, final states and every gradient."""
 
+import math
+
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from fused_rnn import autograd, functional
+from fused_rnn import autograd, functional, packing
 
 from checks import DEVICE, TOLERANCE, assert_close, assert_within_twice_torch_error, gradients
 from layers import layer_weights, sequence_inputs
@@ -132,15 +135,29 @@ def test_gradcheck(cell, proj, lengths, reverse):
     assert torch.autograd.gradcheck(run, leaves, fast_mode=True)
 
 
-def test_inference_saves_nothing_and_matches():
-    """Under no_grad the kernels skip saving activations; results are the same."""
-    weights = layer_weights("lstm", 4, 6, device=DEVICE)
-    x, h0, c0, _ = sequence_inputs("lstm", 3, 2, 4, 6, device=DEVICE)
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
+def test_inference_saves_nothing_and_matches(cell, proj, monkeypatch):
+    """Under no_grad the kernels save no activations (nor the projection's input); with grad they do. Results match."""
+    weights = layer_weights(cell, 4, 6, proj=proj, device=DEVICE)
+    x, h0, c0, _ = sequence_inputs(cell, 3, 2, 4, 6, proj=proj, device=DEVICE)
+    kept = []
+
+    def recording(*args):
+        results = sequence_forward(*args)
+        kept.append([t.numel() for t in results[3:]])  # saved activations, projection input
+        return results
+
+    sequence_forward = autograd.sequence_forward
+    monkeypatch.setattr(autograd, "sequence_forward", recording)
     with torch.no_grad():
-        ours = functional.sequence("lstm", x, h0, c0, *weights, None, False, "triton")
-    ref = functional.sequence("lstm", x, h0, c0, *weights, None, False, "reference")
+        ours = functional.sequence(cell, x, h0, c0, *weights, None, False, "triton")
+    functional.sequence(cell, x, h0, c0, *weights, None, False, "triton")
+    saved_with_grad = {"lstm": 5, "gru": 4}.get(cell, 0) * 6 * 3 * 2
+    assert kept == [[0, 0], [saved_with_grad, 6 * 3 * 2 if proj else 0]]
+    ref = functional.sequence(cell, x, h0, c0, *weights, None, False, "reference")
     for name, r, o in zip(["output", "h_n", "c_n"], ref, ours):
-        assert_close(name, r.detach(), o, *TOLERANCE[torch.float64])
+        if r is not None:
+            assert_close(name, r.detach(), o, *TOLERANCE[torch.float64])
     assert not ours[0].requires_grad
 
 
@@ -159,8 +176,61 @@ def test_nan_propagates_like_the_reference(cell):
             assert torch.equal(r.isnan(), o.isnan()), name
 
 
+def carrying_weights(cell, hidden, biases):
+    """Zero weights and the given per-gate bias values: gates that do not depend on x or h."""
+    gates = CELLS_GATES[cell]
+    bias = torch.tensor([value for value in biases for _ in range(hidden)], dtype=torch.float64)
+    return [torch.zeros(gates * hidden, 1, dtype=torch.float64), torch.zeros(gates * hidden, hidden, dtype=torch.float64),
+            bias, torch.zeros(gates * hidden, dtype=torch.float64)]
+
+
+CELLS_GATES = {"lstm": 4, "gru": 3}
+STEPS = 60
+# (cell, gate biases, what is measured), each a function of the storage dtype's epsilon: the carried value starts
+# at 1 and grows by about eps / 4 per step, below the half-ulp (eps / 2) that a carry in the storage dtype keeps.
+logit = lambda p: math.log(p / (1 - p))
+CARRIES = [
+    # c' = f c + i g with f = i = sigmoid(20) ~ 1 and g = tanh(eps / 4): the forward cell state.
+    pytest.param("lstm", lambda eps: (20.0, 20.0, eps / 4, -20.0), "c_n", id="lstm-cell-state"),
+    # dc = dc' f + dh o (1 - tanh(c)^2) with dh = 1, c ~ 1, o (1 - tanh(1)^2) = eps / 4: the gradient through c.
+    pytest.param("lstm", lambda eps: (20.0, 20.0, 0.0, logit(eps / 4 / 0.42)), "grad c0", id="lstm-cell-gradient"),
+    # dh = z dh' + dh_t with z = sigmoid(20) ~ 1 and dh_t = 1 (scaled below): the GRU's gradient through h.
+    pytest.param("gru", lambda eps: (0.0, 20.0, 0.0), "grad h0", id="gru-hidden-gradient"),
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_low_precision_keeps_cell_state_and_saved_activations_in_float32(dtype):
+@pytest.mark.parametrize("cell, biases, measured", CARRIES)
+def test_low_precision_carries_state_and_gradients_in_float32(cell, biases, measured, dtype):
+    """fp16/bf16 storage, but the cell state and the gradients carried across steps accumulate in fp32: a carry in
+    the storage dtype rounds every small step away and ends several times the dtype's epsilon off."""
+    hidden, eps = 3, torch.finfo(dtype).eps
+    exact_leaves = [
+        torch.ones(STEPS, 1, 1, dtype=torch.float64),
+        torch.ones(1, hidden, dtype=torch.float64),
+        torch.ones(1, hidden, dtype=torch.float64) if cell == "lstm" else None,
+        *carrying_weights(cell, hidden, biases(eps)),
+    ]
+    exact_leaves = [t.to(dtype).double().requires_grad_() if t is not None else None for t in exact_leaves]
+    low_leaves = [t.detach().to(DEVICE, dtype).requires_grad_() if t is not None else None for t in exact_leaves]
+    # The GRU's hidden-state gradient grows by each step's output gradient (scaled to eps / 4); the LSTM's
+    # cell-state gradient by the output gradient (1) through o.
+    output_weight = eps / 4 if cell == "gru" else 1.0
+    results = []
+    for backend, leaves in (("reference", exact_leaves), ("triton", low_leaves)):
+        output, h_n, c_n = functional.sequence(cell, *leaves, None, None, False, backend)
+        loss = output.sum() * output_weight + h_n.sum() + (c_n.sum() if c_n is not None else 0)
+        grad_h0, *grad_c0 = torch.autograd.grad(loss, [t for t in leaves[1:3] if t is not None])
+        values = {"c_n": c_n, "grad h0": grad_h0, "grad c0": grad_c0[0] if grad_c0 else None}
+        results.append(values[measured].double().cpu())
+    exact, ours = results
+    assert (exact - 1).abs().min() > 10 * eps, f"the test carries too little: {exact}"
+    relative = ((ours - exact).abs() / exact.abs()).max().item()
+    assert relative < 2 * eps, f"{measured}: relative error {relative:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_low_precision_saves_activations_in_float32(dtype):
     weights = [w.detach().to(dtype) for w in layer_weights("lstm", 4, 6, device=DEVICE)[:4]]
     x, h0, c0, _ = sequence_inputs("lstm", 3, 2, 4, 6, dtype=dtype, device=DEVICE)
     rows = x.detach().reshape(-1, 4)
@@ -186,5 +256,42 @@ def test_only_the_gradients_asked_for(cell, frozen):
     results = []
     for backend in ("triton", "reference"):
         outputs = functional.sequence(cell, *leaves.values(), None, False, backend)
-        results.append((outputs, gradients(outputs, trainable)))
+        loss = sum(o.square().sum() for o in outputs if o is not None)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            grads = torch.autograd.grad(loss, [t for t in trainable if t is not None])
+        found = iter(grads)
+        results.append((outputs, [next(found) if t is not None else None for t in trainable]))
+        if backend == "triton":
+            ran = [event.name for event in profile.events()]
     assert_match(results, torch.float64)
+    # Which GEMMs and reductions the backward ran: one W_hh GEMM per step (and one W_hr GEMM with a projection),
+    # then one per gradient asked for; the biases' gradients are column sums.
+    wanted = {name for name, t in zip(NAMES, trainable) if t is not None}
+    steps = x.shape[0]
+    after_loop = {"input", "weight_ih", "weight_hh", "weight_hr"} & wanted
+    assert ran.count("aten::mm") == steps * (2 if proj else 1) + len(after_loop), sorted(wanted)
+    assert ran.count("aten::sum") == len({"bias_ih", "bias_hh"} & wanted), sorted(wanted)
+
+
+def test_packed_backward_builds_its_row_index_once_per_layout():
+    """The packed backward's row index is built once per batch_sizes and device, then reused: rebuilding it copies
+    it to the GPU on every call (a host sync, impossible inside CUDA graph capture)."""
+    weights = layer_weights("gru", 2, 3, device=DEVICE)
+    x, h0, _, batch_sizes = sequence_inputs("gru", 4, 3, 2, 3, lengths=[4, 2, 1], device=DEVICE)
+    packing.previous_rows.cache_clear()
+    for _ in range(3):
+        output, h_n, _ = functional.sequence("gru", x, h0, None, *weights, batch_sizes, False, "triton")
+        (output.sum() + h_n.sum()).backward()
+    cache = packing.previous_rows.cache_info()
+    assert (cache.misses, cache.hits) == (1, 2)
+
+
+def test_reversed_rows_reverses_each_packed_sequence_within_its_length():
+    lengths = [5, 3, 3, 1]
+    padded = torch.arange(5 * 4, dtype=torch.float64).reshape(5, 4, 1)
+    flipped = padded.clone()
+    for b, length in enumerate(lengths):
+        flipped[:length, b] = padded[:length, b].flip(0)
+    packed, expected = (pack_padded_sequence(t, lengths) for t in (padded, flipped))
+    index = packing.reversed_rows(tuple(packed.batch_sizes.tolist()), packed.data.device)
+    assert torch.equal(packed.data.index_select(0, index), expected.data)

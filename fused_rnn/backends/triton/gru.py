@@ -53,9 +53,9 @@ def gru_fwd_kernel(
 
 @triton.jit
 def gru_bwd_kernel(
-    p_dh,  # [B, H] gradient reaching h' from later steps: rows < bs overwritten with its z * dh' part of dh
+    p_dh,  # [B, H] gradient reaching h' through W_hh from the later step (rows < bs)
     p_dout,  # [bs, H] gradient of this step's output, added to p_dh when HAS_DOUT
-    p_dc,  # unused: the GRU has no cell state
+    p_dc,  # [B, H] (ACC) gradient reaching h' directly (h' = z * h + ...): rows < bs read, overwritten with z * dh
     p_saved,  # [bs, 4H] (ACC) r, z, n, h W_hn^T + b_hn from the forward
     p_hprev,  # [bs, H] h this step started from
     p_out,  # unused
@@ -79,7 +79,7 @@ def gru_bwd_kernel(
     b_hn = load_gate(p_saved, 3, rows, cols, mask, H, 4, ACC)
     b_h = tl.load(p_hprev + state, mask=mask, other=0.0).to(ACC)
 
-    b_dh = tl.load(p_dh + state, mask=mask, other=0.0).to(ACC)
+    b_dh = tl.load(p_dh + state, mask=mask, other=0.0).to(ACC) + tl.load(p_dc + state, mask=mask, other=0.0)
     if HAS_DOUT:
         b_dh += tl.load(p_dout + state, mask=mask, other=0.0).to(ACC)
     b_dn = b_dh * (1.0 - b_z) * (1.0 - b_n * b_n)
@@ -92,4 +92,4 @@ def gru_bwd_kernel(
     store_gate(p_dgh, 0, b_dr, rows, cols, mask, H, 3)
     store_gate(p_dgh, 1, b_dz, rows, cols, mask, H, 3)
     store_gate(p_dgh, 2, b_dn * b_r, rows, cols, mask, H, 3)
-    tl.store(p_dh + state, (b_dh * b_z).to(p_dh.dtype.element_ty), mask=mask)
+    tl.store(p_dc + state, b_dh * b_z, mask=mask)

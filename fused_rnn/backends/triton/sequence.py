@@ -122,8 +122,14 @@ def sequence_backward(
     grad_input_gates = input.new_empty(rows_total, weight_hh.shape[0])
     # Only the GRU's gradients w.r.t. the input and hidden projections differ (n = tanh(x_n + r * h_n)).
     grad_hidden_gates = torch.empty_like(grad_input_gates) if spec.is_gru else grad_input_gates
-    dh = grad_h_n.clone()
-    dc = grad_c_n.to(accumulate_dtype(input.dtype), copy=True) if spec.has_cell_state else None
+    # dh holds what reaches h through W_hh, one GEMM's output. What is carried from step to step stays in fp32
+    # for fp16/bf16 (dc): the LSTM's cell-state gradient, and the GRU's gradient through h' = z * h + ...
+    acc = accumulate_dtype(input.dtype)
+    if spec.is_gru:
+        dh, dc = torch.zeros_like(grad_h_n), grad_h_n.to(acc, copy=True)
+    else:
+        dh = grad_h_n.clone()
+        dc = grad_c_n.to(acc, copy=True) if spec.has_cell_state else None
     if weight_hr is not None:
         grad_projected = input.new_empty(rows_total, weight_hr.shape[0])
         grad_projection_input = input.new_empty(batch, weight_hr.shape[1])
@@ -144,14 +150,11 @@ def sequence_backward(
             dgx=grad_input_gates[rows],
             dgh=grad_hidden_gates[rows],
         )
-        if spec.is_gru:  # the kernel left z * dh' in dh: add the path through W_hh
-            dh[:active].addmm_(grad_hidden_gates[rows], weight_hh)
-        else:
-            torch.mm(grad_hidden_gates[rows], weight_hh, out=dh[:active])
+        torch.mm(grad_hidden_gates[rows], weight_hh, out=dh[:active])
 
     compute = (  # in needs_grad's order; only those asked for run
         lambda: torch.mm(grad_input_gates, weight_ih),
-        lambda: dh,
+        lambda: (dh + dc).to(input.dtype) if spec.is_gru else dh,
         lambda: dc.to(input.dtype),
         lambda: torch.mm(grad_input_gates.t(), input),
         lambda: torch.mm(grad_hidden_gates.t(), h_prev),
