@@ -21,7 +21,7 @@ def random_config(seed: int) -> dict:
     rng = random.Random(seed)
     cell = rng.choice(list(TORCH_MODULES))
     hidden = rng.choice([1, 3, 7])
-    return {
+    config = {
         "cell": cell,
         "num_layers": rng.randint(1, 3),
         "bidirectional": rng.random() < 0.5,
@@ -32,9 +32,11 @@ def random_config(seed: int) -> dict:
         "proj_size": rng.choice([0, 0, 1, 2]) if cell == "lstm" and hidden > 2 else 0,
         "form": rng.choice(["padded", "packed", "packed-unsorted", "unbatched"]),
         "with_hx": rng.random() < 0.5,
-        "steps": rng.randint(1, 4),
-        "batch": rng.randint(1, 3),
     }
+    packed = config["form"].startswith("packed")  # at least two sequences of different lengths
+    config["steps"] = rng.randint(2 if packed else 1, 5)
+    config["batch"] = rng.randint(2 if packed else 1, 4)
+    return config
 
 
 def make_torch_module(config) -> nn.Module:
@@ -59,11 +61,12 @@ def make_inputs(config, generator, device):
     leaves = [x]
     module_input = x
     if form.startswith("packed"):
-        lengths = [steps] + [torch.randint(1, steps + 1, (1,), generator=generator).item() for _ in range(batch - 1)]
-        if form == "packed":
-            lengths.sort(reverse=True)
-        else:
-            random.Random(steps * 10 + batch).shuffle(lengths)
+        # Ragged: the longest sequence, one strictly shorter, the rest anywhere in between.
+        shorter = torch.randint(1, steps, (1,), generator=generator).item()
+        rest = [torch.randint(1, steps + 1, (1,), generator=generator).item() for _ in range(batch - 2)]
+        lengths = sorted([steps, shorter, *rest], reverse=True)
+        if form == "packed-unsorted":  # the longest last, so sorting has to move it
+            lengths = lengths[1:] + lengths[:1]
         module_input = pack_padded_sequence(x, lengths, enforce_sorted=form == "packed")
     elif config["batch_first"]:
         module_input = x.transpose(0, 1) if form != "unbatched" else x
@@ -201,6 +204,14 @@ def test_randomized_configs_cover_every_feature():
     for key in ("bidirectional", "batch_first", "bias", "with_hx"):
         assert {c[key] for c in configs} == {True, False}, key
     assert any(c["proj_size"] for c in configs)
+    for seed, config in enumerate(configs):
+        if config["form"].startswith("packed"):
+            packed, _, _ = make_inputs(config, torch.Generator().manual_seed(seed), "cpu")
+            assert len(set(packed.batch_sizes.tolist())) > 1, f"seed {seed}: every sequence has the same length"
+            unsorted = config["form"] == "packed-unsorted"
+            order = packed.sorted_indices
+            identity = order is None or torch.equal(order, torch.arange(config["batch"]))
+            assert identity != unsorted, f"seed {seed}: sorted_indices {order}"
 
 
 @pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
