@@ -11,6 +11,7 @@ Writes <out>/<device>.json (environment and every measurement), <device>.md (the
 
 import argparse
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -185,23 +186,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for cell in args.cell or config.cells
         for dtype in args.dtype
     ]
-    results = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        progress = tqdm(cases, desc="benchmarks", unit="case")
-        for config, cell, dtype in progress:
-            progress.set_postfix_str(f"{config.name} {cell} {dtype}")
-            for contender in contenders:
-                for mode in args.mode:
-                    measurement = measure(config, cell, dtype, mode, contender, args)
-                    if measurement.failure:
-                        tqdm.write(f"{config.name} {cell} {dtype} {mode} {contender} failed: {measurement.failure}")
-                    results.append(asdict(measurement))
-        environment = report.describe_environment(args.device)
-    finally:
-        torch.set_num_threads(threads)
-    report.add_ratios(results)
+    results, _ = measure_cases(cases, contenders, args)
+    environment = report.describe_environment(args.device)
 
     settings = {
         "warmup": args.warmup,
@@ -217,6 +203,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(report.format_table(results))
     print("wrote", ", ".join(str(path) for path in paths))
     return results
+
+
+def measure_cases(
+    cases: list[tuple[Config, str, str]], contenders: list[str], args: argparse.Namespace, stop_at: float | None = None
+) -> tuple[list[dict], list[tuple[Config, str, str]]]:
+    """(results with ratios, cases not started): every contender and mode of each (config, cell, dtype) case.
+
+    stop_at: a time.monotonic() value; cases not begun by then are left out, so a caller with a time budget
+    keeps what was measured.
+    """
+    results, not_started = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        for index, (config, cell, dtype) in enumerate(progress := tqdm(cases, desc="benchmarks", unit="case")):
+            if stop_at is not None and time.monotonic() > stop_at:
+                not_started = cases[index:]
+                break
+            progress.set_postfix_str(f"{config.name} {cell} {dtype}")
+            for contender in contenders:
+                for mode in args.mode:
+                    measurement = measure(config, cell, dtype, mode, contender, args)
+                    if measurement.failure:
+                        tqdm.write(f"{config.name} {cell} {dtype} {mode} {contender} failed: {measurement.failure}")
+                    results.append(asdict(measurement))
+    finally:
+        torch.set_num_threads(threads)
+    report.add_ratios(results)
+    return results, not_started
 
 
 def measure(config: Config, cell: str, dtype: str, mode: str, contender: str, args: argparse.Namespace) -> Measurement:
