@@ -5,8 +5,7 @@ import torch
 from torch import nn
 
 import fused_rnn
-from fused_rnn import functional
-from fused_rnn import backends
+from fused_rnn import backends, functional
 from fused_rnn.backends import TRITON_INTERPRETER, resolve
 
 from checks import DEVICE, TOLERANCE, assert_close

@@ -65,7 +65,9 @@ def test_small_signal_cells_keep_relative_precision(cell, scale):
     Normwise, as elementwise relative error is dominated by cancellation that torch's own fp32 shares."""
     leaf = lambda t: (t.detach() * scale).requires_grad_() if t is not None else None
     exact_leaves = [leaf(t) for t in (*sequence_inputs(cell, 5, 3, 6, 37)[:3], *layer_weights(cell, 6, 37)[:4])]
-    our_leaves = [t.detach().to(DEVICE, torch.float32).requires_grad_() if t is not None else None for t in exact_leaves]
+    our_leaves = [
+        t.detach().to(DEVICE, torch.float32).requires_grad_() if t is not None else None for t in exact_leaves
+    ]
     exact = functional.sequence(cell, *exact_leaves, None, None, False, "reference")
     ours = functional.sequence(cell, *our_leaves, None, None, False, "triton")
     names = ["output", "h_n", "c_n", *(f"grad {n}" for n in ("input", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))]

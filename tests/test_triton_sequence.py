@@ -180,8 +180,12 @@ def carrying_weights(cell, hidden, biases):
     """Zero weights and the given per-gate bias values: gates that do not depend on x or h."""
     gates = CELLS_GATES[cell]
     bias = torch.tensor([value for value in biases for _ in range(hidden)], dtype=torch.float64)
-    return [torch.zeros(gates * hidden, 1, dtype=torch.float64), torch.zeros(gates * hidden, hidden, dtype=torch.float64),
-            bias, torch.zeros(gates * hidden, dtype=torch.float64)]
+    return [
+        torch.zeros(gates * hidden, 1, dtype=torch.float64),
+        torch.zeros(gates * hidden, hidden, dtype=torch.float64),
+        bias,
+        torch.zeros(gates * hidden, dtype=torch.float64),
+    ]
 
 
 CELLS_GATES = {"lstm": 4, "gru": 3}
