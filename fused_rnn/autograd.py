@@ -21,6 +21,16 @@ def _triton_sequence():
     return sequence
 
 
+def _driver(backend: str):
+    """The sequence driver of `backend`: the Python one of the Triton kernels, or the C++ one of csrc/ ("cpu"),
+    which takes the same arguments and returns the same outputs, saved activations included."""
+    if backend == "cpu":
+        from fused_rnn.backends import native
+
+        return native.ops()
+    return _triton_sequence()
+
+
 def _on_device_of(tensor: torch.Tensor):
     # Triton launches on the current CUDA device and stream; for tensors on another GPU it would race
     # with the GEMMs there or fault, so make their device current.
@@ -41,6 +51,7 @@ def sequence_forward(
     batch_sizes: list[int] | None,
     reverse: bool,
     save: bool,
+    backend: str = "triton",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One direction of one layer, fused.
 
@@ -51,19 +62,22 @@ def sequence_forward(
         batch_sizes: active rows per step for packed input, None for N = T * B padded rows.
         reverse: run from the last step to the first.
         save: keep what the backward needs.
+        backend: whose driver runs it, "triton" or "cpu" (the compiled kernels of csrc/).
 
     Returns:
         output (N, H_out), h_n (B, H_out), c_n (B, H) or empty, then the saved activations and the
         LSTM projection's input (both empty unless save).
     """
     with _on_device_of(input):
-        return _triton_sequence().sequence_forward(
+        return _driver(backend).sequence_forward(
             cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save
         )
 
 
 @sequence_forward.register_fake
-def _(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save):
+def _(
+    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save, backend="triton"
+):
     return _triton_sequence().forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save)
 
 
@@ -85,12 +99,13 @@ def sequence_backward(
     batch_sizes: list[int] | None,
     reverse: bool,
     needs_grad: list[bool],
+    backend: str = "triton",
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
     """Gradients of input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; absent ones empty."""
     with _on_device_of(input):
-        return _triton_sequence().sequence_backward(
+        return _driver(backend).sequence_backward(
             cell,
             grad_output,
             grad_h_n,
@@ -111,15 +126,32 @@ def sequence_backward(
 
 
 @sequence_backward.register_fake
-def _(cell, grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, weight_hr, *rest):
-    needs_grad = rest[-1]
+def _(
+    cell,
+    grad_output,
+    grad_h_n,
+    grad_c_n,
+    input,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    weight_hr,
+    output,
+    saved,
+    projection_input,
+    batch_sizes,
+    reverse,
+    needs_grad,
+    backend="triton",
+):
     return _triton_sequence().backward_outputs(input, h0, c0, weight_ih, weight_hh, weight_hr, needs_grad)
 
 
 def _setup_context(ctx, inputs, output):
-    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, _ = inputs
+    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, _, backend = inputs
     out, _, _, saved, projection_input = output
-    ctx.cell, ctx.batch_sizes, ctx.reverse = cell, batch_sizes, reverse
+    ctx.cell, ctx.batch_sizes, ctx.reverse, ctx.backend = cell, batch_sizes, reverse, backend
     ctx.save_for_backward(
         input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, out, saved, projection_input
     )
@@ -150,9 +182,10 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projectio
             ctx.batch_sizes,
             ctx.reverse,
             [t is not None and needed for t, needed in zip(tensors, needs_grad, strict=True)],
+            ctx.backend,
         )
         grads = [g if t is not None and needed else None for g, t, needed in zip(grads, tensors, needs_grad)]
-    return (None, *grads, None, None, None)
+    return (None, *grads, None, None, None, None)
 
 
 def _differentiable_backward(ctx, tensors, needs_grad, grad_output, grad_h_n, grad_c_n):

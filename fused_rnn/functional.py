@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from fused_rnn import autograd, reference
-from fused_rnn.backends import resolve, torch_rnn
+from fused_rnn.backends import Workload, resolve, torch_rnn
 from fused_rnn.cells import CELLS
 
 Tensor = torch.Tensor
@@ -38,7 +38,7 @@ def lstm(
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
         reverse: run from the last time step to the first (the backward direction of a
             bidirectional layer).
-        backend: "auto", "triton", "torch" or "reference" (see fused_rnn.available_backends()).
+        backend: "auto", "triton", "cpu", "torch" or "reference" (see fused_rnn.available_backends()).
 
     Returns:
         output (T, B, H_out) or (N, H_out), and (h_n, c_n) as in hx.
@@ -144,7 +144,8 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     tensors = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
     offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
-    chosen = resolve(backend, input.device, input.dtype, offsets_fit)
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    chosen = resolve(backend, input.device, input.dtype, offsets_fit, Workload(cell, batch, hidden, training))
     if chosen == "reference":
         return reference.sequence(cell, *tensors, batch_sizes, reverse)
     if chosen == "torch":
@@ -152,8 +153,7 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
 
     rows = input.reshape(-1, input.shape[-1])
     tensors = [t.contiguous() if t is not None else None for t in (rows, *tensors[1:])]
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    output, h_n, c_n, _, _ = autograd.sequence_forward(cell, *tensors, batch_sizes, reverse, save)
+    output, h_n, c_n, _, _ = autograd.sequence_forward(cell, *tensors, batch_sizes, reverse, training, chosen)
     return output.reshape(*input.shape[:-1], hidden_out), h_n, c_n if spec.has_cell_state else None
 
 

@@ -4,17 +4,23 @@
 - "triton": fused Triton cell kernels (fused_rnn.backends.triton) on CUDA GPUs, or on CPU under the
   Triton interpreter when TRITON_INTERPRET=1 was set before fused_rnn was imported (slow; for tests).
 - "torch": torch.nn's own recurrent kernels (fused_rnn.backends.torch_rnn): oneDNN on CPU, cuDNN on GPU.
+- "cpu": the compiled whole-sequence CPU kernels of csrc/ (fused_rnn.backends.native), float32 and float64.
 
-"auto" picks, on CUDA, "triton" (the reference where Triton cannot run); elsewhere "torch", which on CPU
+"auto" picks, on CUDA, "triton" (the reference where Triton cannot run); on CPU "cpu" for the shapes where the
+committed measurements (benchmarks/results/cpu_native.md) show it faster than torch.nn, else "torch", which on CPU
 is 2-18x faster than the reference (benchmarks/results/cpu.md) and keeps double backward and torch.compile.
 """
 
 import importlib.util
 import os
+from typing import NamedTuple
 
 import torch
 
-NAMES = ("auto", "triton", "torch", "reference")
+from fused_rnn.backends import native
+
+NAMES = ("auto", "triton", "cpu", "torch", "reference")
+NATIVE_CPU_DTYPES = (torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
@@ -33,6 +39,36 @@ def _triton_unavailable(device: torch.device) -> str | None:
     return None
 
 
+class Workload(NamedTuple):
+    """What "auto" weighs on CPU: the cell, one step's batch and hidden size, and whether a backward follows."""
+
+    cell: str
+    batch: int
+    hidden: int
+    training: bool
+
+
+def _native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the compiled CPU kernels cannot run a call on `device`/`dtype`, or None when they can."""
+    if device.type != "cpu":
+        return f"it runs CPU tensors only, got {device.type}"
+    if dtype not in NATIVE_CPU_DTYPES:
+        return f"dtype {dtype} is not supported (float32 and float64 are)"
+    return native.unavailable()
+
+
+# The largest batch at which "cpu" was faster than torch.nn in benchmarks/results/cpu_native.md, per (cell, training).
+NATIVE_CPU_FASTEST_BATCH = {
+    (cell, training): 0 for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu") for training in (False, True)
+}
+
+
+def native_cpu_is_faster(workload: Workload) -> bool:
+    """Whether "cpu" beat torch.nn's CPU kernels at this shape in the committed measurements
+    (benchmarks/results/cpu_native.md, float32, 2 threads): "auto" picks it only there."""
+    return workload.batch <= NATIVE_CPU_FASTEST_BATCH[workload.cell, workload.training]
+
+
 def available_backends() -> dict[str, str]:
     """Each backend's name -> whether it works on this machine, and why not when it does not."""
     cuda = torch.cuda.is_available()
@@ -40,6 +76,11 @@ def available_backends() -> dict[str, str]:
         "reference": "available: plain PyTorch ops on any device and dtype (the oracle; slow)",
         "torch": "available: torch.nn's own kernels (oneDNN on CPU, cuDNN on GPU); what 'auto' runs on CPU",
     }
+    reason = _native_cpu_unavailable(torch.device("cpu"), torch.float32)
+    if reason is None:
+        status["cpu"] = "available: compiled whole-sequence kernels on CPU tensors, float32 and float64"
+    else:
+        status["cpu"] = f"unavailable: {reason}"
     reason = _triton_unavailable(torch.device("cuda" if cuda else "cpu"))
     if reason is not None:
         status["triton"] = f"unavailable: {reason}"
@@ -57,14 +98,26 @@ def checked_name(backend: str) -> str:
     return backend
 
 
-def resolve(backend: str, device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool = True) -> str:
+def resolve(
+    backend: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    offsets_fit_32_bits: bool = True,
+    workload: Workload | None = None,
+) -> str:
     """The backend that will run a call on `device`/`dtype`; raises ValueError when the one asked for can't.
 
     offsets_fit_32_bits: whether one step's largest [batch, gates * hidden] block is below 2**31 elements,
     the limit of the Triton kernels' 32-bit offsets.
+    workload: the call's shape, for "auto" on CPU; without it "auto" never picks "cpu".
     """
     checked_name(backend)
     if backend in ("reference", "torch"):
+        return backend
+    if backend == "cpu":
+        reason = _native_cpu_unavailable(device, dtype)
+        if reason is not None:
+            raise ValueError(f"backend='cpu' cannot run here: {reason}")
         return backend
     reason = _triton_unavailable(device)
     if reason is None and dtype not in TRITON_DTYPES:
@@ -77,4 +130,6 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype, offsets_fit_
         return backend
     if device.type == "cuda":
         return "triton" if reason is None else "reference"
+    if workload is not None and native_cpu_is_faster(workload) and _native_cpu_unavailable(device, dtype) is None:
+        return "cpu"
     return "torch"

@@ -1,0 +1,66 @@
+// What the C++ sequence driver (csrc/sequence.cpp) hands to a device's recurrent loop: the shape of one
+// direction of one layer, the order its time steps run in, and raw pointers to contiguous buffers laid out as
+// in fused_rnn/cells.py (so the saved activations match the Triton driver's, and either backward reads them).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace fused_rnn {
+
+enum class CellKind { lstm, gru, rnn_tanh, rnn_relu };
+
+// A time step owns rows [offset, offset + active) of the time-major (N, ·) tensors (fused_rnn/packing.py).
+struct Step {
+    int64_t offset;
+    int64_t active;
+};
+
+struct SequenceShape {
+    CellKind cell;
+    int64_t batch;        // B
+    int64_t hidden;       // H
+    int64_t hidden_out;   // H_out: the projection size P for a projected LSTM, else H
+    int64_t gates;        // gate blocks of H columns in the weights: 4, 3 or 1
+    int64_t saved_width;  // blocks of H columns saved per row for the backward: 5, 4 or 0
+    bool projected;       // LSTM with weight_hr
+    std::vector<Step> steps;  // in the order the forward visits them (last to first when reverse)
+};
+
+template <typename scalar_t>
+struct ForwardBuffers {
+    const scalar_t* input_gates;  // [N, G*H] x W_ih^T + b_ih + b_hh (GRU: without b_hh's n block)
+    const scalar_t* bias_hn;      // [H] GRU's b_hn, added to h W_hn^T before r multiplies it; null otherwise
+    const scalar_t* weight_hh;    // [G*H, H_out]
+    const scalar_t* weight_hr;    // [P, H] or null
+    const scalar_t* h0;           // [B, H_out]
+    scalar_t* cell_state;         // [B, H] LSTM: c0 on entry, c_n on exit; null otherwise
+    scalar_t* output;             // [N, H_out]
+    scalar_t* saved;              // [N, saved_width * H] or null when nothing is saved
+    // Projected LSTM: h' before the projection, [N, H] when saved for the backward, else [B, H] scratch.
+    scalar_t* projection_input;
+    bool projection_input_per_row;
+};
+
+template <typename scalar_t>
+struct BackwardBuffers {
+    const scalar_t* grad_output;  // [N, H_out]
+    scalar_t* grad_h;             // [B, H_out] gradient of h_n on entry, of h0 on exit
+    scalar_t* grad_c;             // [B, H] LSTM: gradient of c_n on entry, of c0 on exit; null otherwise
+    const scalar_t* h0;           // [B, H_out]
+    const scalar_t* output;       // [N, H_out]
+    const scalar_t* saved;        // [N, saved_width * H]
+    const scalar_t* weight_hh;    // [G*H, H_out]
+    const scalar_t* weight_hr;    // [P, H] or null
+    scalar_t* grad_input_gates;   // [N, G*H] gradient of x W_ih^T + b_ih
+    scalar_t* grad_hidden_gates;  // [N, G*H] gradient of h W_hh^T + b_hh: the same buffer except for the GRU
+    scalar_t* grad_projected;     // [N, P] gradient of the projected output, or null
+};
+
+// The CPU recurrence: one parallel region for all steps (csrc/cpu/recurrence.cpp).
+template <typename scalar_t>
+void recurrent_forward_cpu(const SequenceShape& shape, const ForwardBuffers<scalar_t>& buffers);
+template <typename scalar_t>
+void recurrent_backward_cpu(const SequenceShape& shape, const BackwardBuffers<scalar_t>& buffers);
+
+}  // namespace fused_rnn

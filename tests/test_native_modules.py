@@ -1,0 +1,92 @@
+"""The drop-in layers and cells on backend="cpu" against torch.nn's own: outputs, states and every gradient."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fused_rnn
+
+from checks import TOLERANCE, assert_close
+
+LAYERS = [
+    pytest.param(fused_rnn.LSTM, nn.LSTM, {}, id="lstm"),
+    pytest.param(fused_rnn.LSTM, nn.LSTM, {"proj_size": 3}, id="lstm-proj"),
+    pytest.param(fused_rnn.GRU, nn.GRU, {}, id="gru"),
+    pytest.param(fused_rnn.RNN, nn.RNN, {"nonlinearity": "tanh"}, id="rnn_tanh"),
+    pytest.param(fused_rnn.RNN, nn.RNN, {"nonlinearity": "relu"}, id="rnn_relu"),
+]
+
+
+def twins(ours_class, torch_class, dtype, **arguments):
+    ours = ours_class(backend="cpu", dtype=dtype, **arguments)
+    theirs = torch_class(dtype=dtype, **arguments)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def assert_same_results(ours, theirs, input, dtype, data=lambda output: output):
+    """Outputs, final states and the gradients of the input and of every parameter agree."""
+    atol, rtol = TOLERANCE[dtype]
+    results = []
+    for module in (ours, theirs):
+        output, state = module(input)
+        states = state if isinstance(state, tuple) else (state,)
+        tensors = [data(output), *states]
+        weights = [torch.randn_like(t, generator=torch.Generator().manual_seed(i)) for i, t in enumerate(tensors)]
+        loss = sum((t * w).sum() for t, w in zip(tensors, weights))
+        leaf = data(input)
+        results.append((tensors, torch.autograd.grad(loss, [leaf, *module.parameters()])))
+    (our_outputs, our_grads), (their_outputs, their_grads) = results
+    for index, (t, o) in enumerate(zip(their_outputs, our_outputs)):
+        assert_close(f"output {index}", t, o, atol, rtol)
+    names = ["input", *(name for name, _ in ours.named_parameters())]
+    for name, t, o in zip(names, their_grads, our_grads, strict=True):
+        assert_close(f"grad {name}", t, o, atol, rtol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("ours_class, torch_class, extra", LAYERS)
+def test_two_layer_bidirectional_matches_torch_nn(ours_class, torch_class, extra, dtype):
+    ours, theirs = twins(
+        ours_class, torch_class, dtype, input_size=5, hidden_size=9, num_layers=2, bidirectional=True, **extra
+    )
+    x = torch.randn(6, 4, 5, dtype=dtype, requires_grad=True)
+    assert_same_results(ours, theirs, x, dtype)
+
+
+@pytest.mark.parametrize("ours_class, torch_class, extra", LAYERS)
+def test_packed_batch_first_matches_torch_nn(ours_class, torch_class, extra):
+    ours, theirs = twins(
+        ours_class, torch_class, torch.float64, input_size=3, hidden_size=7, batch_first=True, bidirectional=True,
+        **extra,
+    )
+    padded = torch.randn(4, 5, 3, dtype=torch.float64)
+    packed = pack_padded_sequence(padded, [2, 5, 1, 3], batch_first=True, enforce_sorted=False)
+    packed.data.requires_grad_()
+    assert_same_results(ours, theirs, packed, torch.float64, data=lambda sequence: sequence.data)
+
+
+@pytest.mark.parametrize(
+    "ours_class, torch_class", [(fused_rnn.LSTMCell, nn.LSTMCell), (fused_rnn.GRUCell, nn.GRUCell),
+                                (fused_rnn.RNNCell, nn.RNNCell)], ids=["lstm", "gru", "rnn"]
+)
+def test_cells_match_torch_nn(ours_class, torch_class):
+    ours, theirs = twins(ours_class, torch_class, torch.float64, input_size=4, hidden_size=6)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    atol, rtol = TOLERANCE[torch.float64]
+    ours_state, their_state = ours(x), theirs(x)
+    for t, o in zip(torch.utils._pytree.tree_leaves(their_state), torch.utils._pytree.tree_leaves(ours_state)):
+        assert_close("cell state", t, o, atol, rtol)
+
+
+def test_compiles_without_graph_breaks():
+    model = fused_rnn.LSTM(4, 6, num_layers=2, backend="cpu")
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    expected, got = model(x)[0], compiled(x)[0]
+    assert_close("compiled output", expected, got, *TOLERANCE[torch.float32])
+    grads = [torch.autograd.grad(o.sum(), x)[0] for o in (expected, got)]
+    assert_close("compiled grad input", grads[0], grads[1], *TOLERANCE[torch.float32])

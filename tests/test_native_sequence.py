@@ -1,0 +1,179 @@
+"""The compiled CPU kernels (backend="cpu": csrc/cpu/recurrence.cpp driven by csrc/sequence.cpp) against the
+reference: outputs, final states and every gradient, over every cell, odd sizes, packed, reverse, projection."""
+
+import pytest
+import torch
+
+import fused_rnn
+from fused_rnn import functional
+from fused_rnn.backends import native
+
+from checks import TOLERANCE, assert_close, gradients
+from layers import layer_weights, sequence_inputs
+
+CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+NAMES = ["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
+SHAPES = [  # T, B, I, H
+    pytest.param(1, 1, 1, 1, id="T1-B1-I1-H1"),
+    pytest.param(1, 3, 5, 7, id="T1-B3-I5-H7"),
+    pytest.param(4, 1, 3, 33, id="T4-B1-I3-H33"),
+    pytest.param(3, 5, 8, 100, id="T3-B5-I8-H100"),
+    # Large enough per step to run on every thread, with partial SIMD blocks and partial register tiles.
+    pytest.param(3, 13, 16, 203, id="T3-B13-I16-H203"),
+    pytest.param(2, 40, 3, 65, id="T2-B40-I3-H65"),
+]
+
+
+def run_both(cell, inputs, weights, batch_sizes, reverse):
+    """(outputs, gradients) of the cpu and the reference backends on the same leaves."""
+    x, h0, c0 = inputs
+    leaves = [x, h0, c0, *weights]
+    results = []
+    for backend in ("cpu", "reference"):
+        outputs = functional.sequence(cell, x, h0, c0, *weights, batch_sizes, reverse, backend)
+        results.append((outputs, gradients(outputs, leaves)))
+    return results
+
+
+def assert_match(results, dtype):
+    (ours, our_grads), (ref, ref_grads) = results
+    atol, rtol = TOLERANCE[dtype]
+    for name, r, o in zip(["output", "h_n", "c_n"], ref, ours, strict=True):
+        assert_close(name, r, o, atol, rtol)
+    for name, r, o in zip(NAMES, ref_grads, our_grads, strict=True):
+        assert_close(f"grad {name}", r, o, atol, rtol)
+
+
+def test_extension_loads_and_registers_its_cpu_kernels():
+    assert native.unavailable() is None
+    assert native.has_kernel("sequence_forward", "cpu") and native.has_kernel("sequence_backward", "cpu")
+    assert fused_rnn.available_backends()["cpu"].startswith("available")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("steps, batch, input_size, hidden", SHAPES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference(cell, steps, batch, input_size, hidden, reverse, dtype):
+    weights = layer_weights(cell, input_size, hidden, dtype=dtype)
+    x, h0, c0, _ = sequence_inputs(cell, steps, batch, input_size, hidden, dtype=dtype)
+    assert_match(run_both(cell, (x, h0, c0), weights, None, reverse), dtype)
+
+
+@pytest.mark.parametrize("initial_state", [True, False], ids=["h0", "no-h0"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_without_bias(cell, initial_state):
+    weights = layer_weights(cell, 6, 9, bias=False)
+    x, h0, c0, _ = sequence_inputs(cell, 4, 3, 6, 9, initial_state=initial_state)
+    assert_match(run_both(cell, (x, h0, c0), weights, None, False), torch.float64)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(
+    "lengths, hidden",
+    [([5, 3, 3, 1], 7), ([1], 7), ([2, 2], 7), ([6, 6, 5, 4, 4, 2, 2, 2, 1, 1, 1, 1, 1], 90)],
+    ids=["5-3-3-1", "1", "2-2", "13-sequences-H90"],
+)
+@pytest.mark.parametrize("cell", CELLS)
+def test_packed(cell, lengths, hidden, reverse):
+    weights = layer_weights(cell, 4, hidden)
+    x, h0, c0, batch_sizes = sequence_inputs(cell, None, len(lengths), 4, hidden, lengths=lengths)
+    assert_match(run_both(cell, (x, h0, c0), weights, batch_sizes, reverse), torch.float64)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(
+    "batch, hidden, proj", [(3, 11, 4), (17, 70, 37)], ids=["B3-H11-P4", "B17-H70-P37"]
+)  # the second spans several threads and SIMD blocks of projected units
+def test_lstm_projection(batch, hidden, proj, reverse, packed):
+    weights = layer_weights("lstm", 5, hidden, proj=proj)
+    lengths = [4, *[3] * (batch - 2), 1] if packed else None
+    x, h0, c0, batch_sizes = sequence_inputs("lstm", 4, batch, 5, hidden, proj=proj, lengths=lengths)
+    assert_match(run_both("lstm", (x, h0, c0), weights, batch_sizes, reverse), torch.float64)
+
+
+@pytest.mark.parametrize(
+    "cell, proj, lengths, reverse",
+    [
+        pytest.param("lstm", 0, None, False, id="lstm"),
+        pytest.param("lstm", 2, [3, 2], True, id="lstm-proj-packed-reverse"),
+        pytest.param("gru", 0, None, True, id="gru-reverse"),
+        pytest.param("gru", 0, [3, 1], False, id="gru-packed"),
+        pytest.param("rnn_tanh", 0, None, False, id="rnn_tanh"),
+        pytest.param("rnn_relu", 0, None, False, id="rnn_relu"),
+    ],
+)
+def test_gradcheck(cell, proj, lengths, reverse):
+    """The hand-written backward is the exact derivative of the compiled forward (float64 finite differences)."""
+    weights = layer_weights(cell, 2, 3, proj=proj)
+    x, h0, c0, batch_sizes = sequence_inputs(cell, 3, 2, 2, 3, proj=proj, lengths=lengths)
+    if cell == "rnn_relu":  # keep pre-activations away from relu's kink, where finite differences are wrong
+        with torch.no_grad():
+            weights[2].add_(2.0)
+
+    def run(*leaves):
+        return tuple(o for o in functional.sequence(cell, *leaves, batch_sizes, reverse, "cpu") if o is not None)
+
+    assert torch.autograd.gradcheck(run, [x, h0, c0, *weights], fast_mode=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_double_backward_recomputes_through_the_reference(cell):
+    weights = layer_weights(cell, 2, 3)
+    x, h0, c0, _ = sequence_inputs(cell, 3, 2, 2, 3)
+
+    def run(*leaves):
+        return tuple(o for o in functional.sequence(cell, *leaves, None, False, "cpu") if o is not None)
+
+    assert torch.autograd.gradgradcheck(run, [x, h0, c0, *weights], fast_mode=True)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_small_signals_keep_their_relative_precision(cell):
+    """float32 with tiny weights and inputs: tanh near 0 must be accurate in relative terms (2 sigmoid(2x) - 1
+    is not: normwise error 1e-3 there), so the error relative to the output's scale stays at float32's."""
+    weights = [w.detach() * 1e-4 if w is not None else None for w in layer_weights(cell, 8, 40, dtype=torch.float32)]
+    x, h0, c0, _ = sequence_inputs(cell, 5, 3, 8, 40, dtype=torch.float32)
+    x, h0 = x.detach() * 1e-4, h0.detach() * 1e-4
+    c0 = c0.detach() * 1e-4 if c0 is not None else None
+    ours = functional.sequence(cell, x, h0, c0, *weights, None, False, "cpu")[0]
+    exact = functional.sequence(
+        cell, x.double(), h0.double(), c0.double() if c0 is not None else None,
+        *[w.double() if w is not None else None for w in weights], None, False, "reference",
+    )[0]
+    assert ((ours.double() - exact).norm() / exact.norm()).item() < 1e-6
+
+
+def test_runs_are_bit_identical():
+    """No atomics and a fixed order of every sum: repeated forward + backward give the same bits."""
+    weights = layer_weights("lstm", 16, 203, dtype=torch.float32)
+    x, h0, c0, _ = sequence_inputs("lstm", 4, 13, 16, 203, dtype=torch.float32)
+    leaves = [x, h0, c0, *weights]
+    runs = []
+    for _ in range(2):
+        outputs = functional.sequence("lstm", x, h0, c0, *weights, None, False, "cpu")
+        runs.append([*outputs, *gradients(outputs, leaves)])
+    for first, second in zip(*runs):
+        assert first is None or torch.equal(first, second)
+
+
+def test_inference_saves_nothing_and_matches():
+    weights = layer_weights("lstm", 4, 6, proj=3)
+    x, h0, c0, _ = sequence_inputs("lstm", 3, 2, 4, 6, proj=3)
+    with torch.no_grad():
+        ours = functional.sequence("lstm", x, h0, c0, *weights, None, False, "cpu")
+        rows = x.reshape(-1, 4)
+        *_, saved, projection_input = native.ops().sequence_forward(
+            "lstm", rows, h0, c0, *weights, None, False, False
+        )
+        ref = functional.sequence("lstm", x, h0, c0, *weights, None, False, "reference")
+    assert saved.numel() == 0 and projection_input.numel() == 0
+    for name, r, o in zip(["output", "h_n", "c_n"], ref, ours):
+        assert_close(name, r, o, *TOLERANCE[torch.float64])
+
+
+def test_unsupported_dtype_is_refused_by_name():
+    weights = [w.detach().bfloat16() for w in layer_weights("gru", 3, 4)[:4]]
+    with pytest.raises(ValueError, match=r"backend='cpu' cannot run here: dtype torch.bfloat16"):
+        functional.gru(torch.randn(2, 1, 3, dtype=torch.bfloat16), None, *weights, backend="cpu")
