@@ -1,0 +1,181 @@
+"""Mutation checks: each mutant breaks what a test promises to guard, and that test must then fail.
+
+Usage: python tests/mutants.py [NAME ...]   (from the repository root; every mutant when no name is given)
+
+Each mutant edits one line of a scratch copy of the repository (the edit must match exactly once, so a
+mutant that no longer applies is reported rather than silently skipped) and runs only its target tests
+there. A mutant "survives" when its target tests still pass: the test guards nothing. Targets that cannot
+run here (tests marked gpu on a machine without one) are reported as not checked.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    targets: tuple[str, ...]
+
+
+MUTANTS = [
+    Mutant(
+        "tanh through sigmoid (cancels near 0)",
+        "fused_rnn/backends/triton/cell_math.py",
+        "    return tl.where(x < 0, -t, t)\n",
+        "    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0\n",
+        ("tests/test_triton_cell_math.py",),
+    ),
+    Mutant(
+        "autocast: states checked before the cast",
+        "fused_rnn/modules.py",
+        "checked.append(functional.checked_state(name, _autocast(state, cast), x, shape))",
+        "checked.append(functional.checked_state(name, state, x, shape))",
+        ("tests/test_integrations.py::test_autocast_accepts_a_float32_hx_beside_a_lower_precision_input",),
+    ),
+    Mutant(
+        "from_torch converts a shared module once per reference",
+        "fused_rnn/modules.py",
+        "        if id(original) in replacements:\n",
+        "        if False:\n",
+        ("tests/test_deploy.py::test_conversion_keeps_shared_modules_and_tied_parameters",),
+    ),
+    Mutant(
+        "auto refuses a batch too large for Triton's offsets",
+        "fused_rnn/backends/__init__.py",
+        '        return "triton" if reason is None else "reference"',
+        '        return "triton"',
+        ("tests/test_functional.py::test_auto_serves_what_is_too_large_for_triton",),
+    ),
+    Mutant(
+        "packed row index rebuilt (and copied to the device) on every backward",
+        "fused_rnn/packing.py",
+        "    index = previous_rows(tuple(batch_sizes), reverse, output.device)",
+        "    index = previous_rows.__wrapped__(tuple(batch_sizes), reverse, output.device)",
+        ("tests/test_triton_sequence.py::test_packed_backward_builds_its_row_index_once_per_layout",),
+    ),
+    Mutant(
+        "GRU hidden-state gradient carried in the storage dtype",
+        "fused_rnn/backends/triton/sequence.py",
+        "dh, dc = torch.zeros_like(grad_h_n), grad_h_n.to(acc, copy=True)",
+        "dh, dc = torch.zeros_like(grad_h_n), grad_h_n.clone()",
+        ("tests/test_triton_sequence.py::test_low_precision_carries_state_and_gradients_in_float32",),
+    ),
+    Mutant(
+        "LSTM cell state kept in the storage dtype",
+        "fused_rnn/backends/triton/sequence.py",
+        "    c = c0.to(accumulate_dtype(input.dtype), copy=True) if spec.has_cell_state else None",
+        "    c = c0.clone() if spec.has_cell_state else None",
+        ("tests/test_triton_sequence.py::test_low_precision_carries_state_and_gradients_in_float32",),
+    ),
+    Mutant(
+        "h_n stacked in reverse layer order",
+        "fused_rnn/modules.py",
+        "        return x, torch.stack(h_n), torch.stack(c_n) if c0 is not None else None",
+        "        return x, torch.stack(h_n[::-1]), torch.stack(c_n[::-1]) if c0 is not None else None",
+        ("tests/test_gpu.py::test_triton_matches_cudnn", "tests/test_modules.py::test_randomized_parity_with_torch_nn"),
+    ),
+    Mutant(
+        "activations saved under no_grad",
+        "fused_rnn/functional.py",
+        "    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)",
+        "    training = True",
+        ("tests/test_triton_sequence.py::test_inference_saves_nothing_and_matches",),
+    ),
+    Mutant(
+        "every gradient computed, frozen or not",
+        "fused_rnn/autograd.py",
+        "            [t is not None and needed for t, needed in zip(tensors, needs_grad, strict=True)],",
+        "            [t is not None for t in tensors],",
+        ("tests/test_triton_sequence.py::test_only_the_gradients_asked_for",),
+    ),
+    Mutant(
+        "packed reverse direction ignores each sequence's length",
+        "fused_rnn/packing.py",
+        "    return (offsets[lengths[row_in_batch] - 1 - step] + row_in_batch).to(device)",
+        "    return (offsets[len(batch_sizes) - 1 - step] + row_in_batch).clamp(max=int(sizes.sum()) - 1).to(device)",
+        ("tests/test_modules.py::test_randomized_parity_with_torch_nn",),
+    ),
+    Mutant(
+        "benchmark's torch.nn contender with other weights",
+        "benchmarks/contenders.py",
+        "        layer = copy.deepcopy(source)\n",
+        "        layer = copy.deepcopy(source)\n        layer.weight_hh_l0.data.mul_(1.01)\n",
+        ("tests/test_benchmarks.py::test_contender_output_matches_torch",),
+    ),
+    Mutant(
+        "classifier blind to its input",
+        "examples/classify_packed.py",
+        "        packed = pack_padded_sequence(self.embedding(digits), lengths",
+        "        packed = pack_padded_sequence(0 * self.embedding(digits), lengths",
+        ("tests/test_examples.py::test_classify_packed_beats_chance",),
+    ),
+    Mutant(
+        "forecaster reads only the first hidden unit",
+        "examples/forecast.py",
+        "        return self.head(h_n[-1])",
+        "        return self.head(h_n[-1] * (torch.arange(h_n.shape[-1], device=h_n.device) == 0))",
+        ("tests/test_examples.py::test_forecast_beats_the_seasonal_naive_baseline",),
+    ),
+    Mutant(
+        "vanishing-gradient example with another forget bias than its README states",
+        "examples/vanishing_gradients.py",
+        '    "LSTM, forget bias +3": ("LSTMCell", 3.0, None),',
+        '    "LSTM, forget bias +3": ("LSTMCell", 2.0, None),',
+        ("tests/test_examples.py::test_vanishing_gradients_as_the_readme_states",),
+    ),
+]
+
+
+def scratch_copy(destination: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "*.so")
+    shutil.copytree(ROOT, destination, ignore=ignore)
+
+
+def run(mutant: Mutant) -> str:
+    """'killed', 'SURVIVED', 'not checked (...)' or 'STALE (...)' for one mutant."""
+    with tempfile.TemporaryDirectory(prefix="fused_rnn_mutant_") as scratch:
+        copy = Path(scratch) / "repo"
+        scratch_copy(copy)
+        target = copy / mutant.path
+        text = target.read_text()
+        if text.count(mutant.old) != 1:
+            return f"STALE (the edit matches {text.count(mutant.old)} times in {mutant.path})"
+        target.write_text(text.replace(mutant.old, mutant.new))
+        # The copy's root goes first on the path, ahead of an editable install of the original.
+        env = {**os.environ, "PYTHONPATH": str(copy)}
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.targets]
+        result = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True)
+        summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-300:]
+        if result.returncode == 1:
+            return "killed"
+        if result.returncode == 0 and "passed" not in summary:
+            return f"not checked ({summary})"
+        if result.returncode == 0:
+            return f"SURVIVED ({summary})"
+        return f"STALE (pytest exit {result.returncode}: {summary})"
+
+
+def main(names: list[str]) -> int:
+    chosen = [m for m in MUTANTS if not names or m.name in names]
+    outcomes = {}
+    for mutant in chosen:
+        outcomes[mutant.name] = run(mutant)
+        print(f"{outcomes[mutant.name]:>10}  {mutant.name}", flush=True)
+    bad = [name for name, outcome in outcomes.items() if outcome.startswith(("SURVIVED", "STALE"))]
+    print(f"{len(chosen) - len(bad)} passed, {len(bad)} failed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
