@@ -145,7 +145,8 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
     offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    chosen = resolve(backend, input.device, input.dtype, offsets_fit, Workload(cell, batch, hidden, training))
+    workload = Workload(cell, batch, batch_sizes is not None, training)
+    chosen = resolve(backend, input.device, input.dtype, offsets_fit, workload)
     if chosen == "reference":
         return reference.sequence(cell, *tensors, batch_sizes, reverse)
     if chosen == "torch":

@@ -6,7 +6,7 @@ import torch
 
 import fused_rnn
 from fused_rnn import functional
-from fused_rnn.backends import native
+from fused_rnn.backends import Workload, native, resolve
 
 from checks import TOLERANCE, assert_close, gradients
 from layers import layer_weights, sequence_inputs
@@ -171,6 +171,15 @@ def test_inference_saves_nothing_and_matches():
     assert saved.numel() == 0 and projection_input.numel() == 0
     for name, r, o in zip(["output", "h_n", "c_n"], ref, ours):
         assert_close(name, r, o, *TOLERANCE[torch.float64])
+
+
+def test_auto_picks_cpu_only_where_it_was_measured_faster():
+    cpu = torch.device("cpu")
+    assert resolve("auto", cpu, torch.float32, workload=Workload("gru", 1, False, False)) == "cpu"
+    assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 64, True, True)) == "cpu"
+    assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 1, False, False)) == "torch"
+    assert resolve("auto", cpu, torch.float32, workload=Workload("gru", 64, False, True)) == "torch"
+    assert resolve("auto", cpu, torch.bfloat16, workload=Workload("gru", 1, False, False)) == "torch"
 
 
 def test_unsupported_dtype_is_refused_by_name():

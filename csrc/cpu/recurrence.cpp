@@ -100,26 +100,44 @@ constexpr int tile_rows() {
     return NV >= 4 ? 3 : NV == 3 ? 4 : 8;
 }
 
+// acc[r][v] += rows[r][k] * panel[k][v] for one k.
+template <typename T, int NV, int R>
+inline void multiply_add(at::vec::Vectorized<T> (&acc)[R][NV], const T* const (&rows)[R], const T* panel, int64_t k) {
+    using Vec = at::vec::Vectorized<T>;
+    Vec weights[NV];
+    for (int v = 0; v < NV; ++v) weights[v] = Vec::loadu(panel + (k * NV + v) * Vec::size());
+    for (int r = 0; r < R; ++r) {
+        const Vec x(rows[r][k]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, weights[v], acc[r][v]);
+    }
+}
+
 // acc[r][v] = sum_k rows[r][k] * panel[k][v] for R rows; then epilogue(row index, acc[r]).
+// With few rows (B = 1) R * NV accumulators are too few to hide the FMA latency, so the k loop keeps SPLITS
+// independent partial sums, added in a fixed order at the end.
 template <typename T, int NV, int R, typename RowOf, typename Epilogue>
 inline void tile(int64_t first_row, int64_t K, const T* panel, const RowOf& row_of, const Epilogue& epilogue) {
     using Vec = at::vec::Vectorized<T>;
-    constexpr int U = Vec::size();
+    constexpr int SPLITS = std::max(1, std::min(4, 12 / (R * NV)));
     const T* rows[R];
-    Vec acc[R][NV];
-    for (int r = 0; r < R; ++r) {
-        rows[r] = row_of(first_row + r);
-        for (int v = 0; v < NV; ++v) acc[r][v] = Vec(T(0));
-    }
-    for (int64_t k = 0; k < K; ++k) {
-        Vec weights[NV];
-        for (int v = 0; v < NV; ++v) weights[v] = Vec::loadu(panel + (k * NV + v) * U);
+    Vec acc[SPLITS][R][NV];
+    for (int r = 0; r < R; ++r) rows[r] = row_of(first_row + r);
+    for (int split = 0; split < SPLITS; ++split) {
         for (int r = 0; r < R; ++r) {
-            const Vec x(rows[r][k]);
-            for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, weights[v], acc[r][v]);
+            for (int v = 0; v < NV; ++v) acc[split][r][v] = Vec(T(0));
         }
     }
-    for (int r = 0; r < R; ++r) epilogue(first_row + r, acc[r]);
+    int64_t k = 0;
+    for (; k + SPLITS <= K; k += SPLITS) {
+        for (int split = 0; split < SPLITS; ++split) multiply_add<T, NV, R>(acc[split], rows, panel, k + split);
+    }
+    for (; k < K; ++k) multiply_add<T, NV, R>(acc[0], rows, panel, k);
+    for (int split = 1; split < SPLITS; ++split) {
+        for (int r = 0; r < R; ++r) {
+            for (int v = 0; v < NV; ++v) acc[0][r][v] = acc[0][r][v] + acc[split][r][v];
+        }
+    }
+    for (int r = 0; r < R; ++r) epilogue(first_row + r, acc[0][r]);
 }
 
 // The rows left after the full tiles: one tile of exactly `left` (< R) rows, chosen at compile time.

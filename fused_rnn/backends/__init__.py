@@ -7,7 +7,7 @@
 - "cpu": the compiled whole-sequence CPU kernels of csrc/ (fused_rnn.backends.native), float32 and float64.
 
 "auto" picks, on CUDA, "triton" (the reference where Triton cannot run); on CPU "cpu" for the shapes where the
-committed measurements (benchmarks/results/cpu_native.md) show it faster than torch.nn, else "torch", which on CPU
+committed measurements (benchmarks/results/cpu_native/cpu.md) show it faster than torch.nn, else "torch", which on CPU
 is 2-18x faster than the reference (benchmarks/results/cpu.md) and keeps double backward and torch.compile.
 """
 
@@ -40,11 +40,11 @@ def _triton_unavailable(device: torch.device) -> str | None:
 
 
 class Workload(NamedTuple):
-    """What "auto" weighs on CPU: the cell, one step's batch and hidden size, and whether a backward follows."""
+    """What "auto" weighs on CPU: the cell, the batch, packed or padded input, and whether a backward follows."""
 
     cell: str
     batch: int
-    hidden: int
+    packed: bool
     training: bool
 
 
@@ -57,16 +57,32 @@ def _native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | N
     return native.unavailable()
 
 
-# The largest batch at which "cpu" was faster than torch.nn in benchmarks/results/cpu_native.md, per (cell, training).
+# The largest batch up to which "cpu" took at most 0.9x torch.nn's time (a margin over this machine's noise) in
+# every measured config of benchmarks/results/cpu_native/cpu.md (float32, 1 thread, H 32-512), per
+# (cell, packed, training); 0 where it never did or nothing was measured. torch.nn's oneDNN LSTM is strong on
+# padded input; on packed input torch.nn is slow for every cell.
 NATIVE_CPU_FASTEST_BATCH = {
-    (cell, training): 0 for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu") for training in (False, True)
+    ("lstm", False, False): 0,  # 1.25-2.75x torch.nn's time
+    ("lstm", False, True): 0,  # 1.28-2.18x
+    ("lstm", True, False): 8,  # B=8 0.54x; B=64 0.94x
+    ("lstm", True, True): 64,  # 0.30-0.45x
+    ("gru", False, False): 8,  # B<=8 0.33-0.70x; B=64 0.92x
+    ("gru", False, True): 8,  # B<=8 0.18-0.38x; B=64 1.05x
+    ("gru", True, False): 64,  # 0.49-0.79x
+    ("gru", True, True): 64,  # 0.25-0.50x
+    ("rnn_tanh", False, False): 8,  # B<=8 0.61-0.70x; B=64 1.42x
+    ("rnn_tanh", False, True): 8,  # B<=8 0.41-0.51x; B=64 0.97x
+    ("rnn_tanh", True, False): 0,  # not measured
+    ("rnn_tanh", True, True): 0,
 }
 
 
 def native_cpu_is_faster(workload: Workload) -> bool:
     """Whether "cpu" beat torch.nn's CPU kernels at this shape in the committed measurements
-    (benchmarks/results/cpu_native.md, float32, 2 threads): "auto" picks it only there."""
-    return workload.batch <= NATIVE_CPU_FASTEST_BATCH[workload.cell, workload.training]
+    (benchmarks/results/cpu_native/cpu.md): "auto" picks it only there. rnn_relu is rnn_tanh's kernel with a
+    cheaper activation, so it follows rnn_tanh's measurements."""
+    cell = "rnn_tanh" if workload.cell == "rnn_relu" else workload.cell
+    return workload.batch <= NATIVE_CPU_FASTEST_BATCH[cell, workload.packed, workload.training]
 
 
 def available_backends() -> dict[str, str]:
