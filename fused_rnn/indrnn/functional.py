@@ -1,0 +1,155 @@
+"""IndRNN as a function: one direction of one layer, and one step, on the backend of your choice."""
+
+from collections.abc import Sequence
+
+import torch
+
+from fused_rnn.backends import resolve
+from fused_rnn.functional import checked_state
+from fused_rnn.indrnn import autograd, reference
+from fused_rnn.indrnn.reference import NONLINEARITIES
+
+Tensor = torch.Tensor
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+# "auto" on CPU: the fused op with its recurrence as a loop of in-place torch ops ("torch") was faster than the
+# reference at every shape measured, forward and forward+backward (benchmarks/results/variants_cpu.md). The
+# Triton interpreter is never picked: it is for tests.
+CPU_AUTO = "torch"
+
+
+def checked_backend(backend: str) -> str:
+    """`backend` if it names one of IndRNN's backends (ValueError otherwise), whether or not it can run here."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} for IndRNN, got {backend!r}")
+    return backend
+
+
+def checked_nonlinearity(nonlinearity: str) -> str:
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be 'relu' or 'tanh', got {nonlinearity!r}")
+    return nonlinearity
+
+
+def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs a call on `device`/`dtype`; ValueError when the one asked for cannot."""
+    if checked_backend(backend) == "triton":
+        return resolve("triton", device, dtype)  # raises, naming what is missing, when Triton cannot run here
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        try:
+            return resolve("triton", device, dtype)
+        except ValueError:  # e.g. triton not installed, or an unsupported dtype
+            return "reference"
+    return CPU_AUTO if device.type == "cpu" else "reference"
+
+
+def indrnn(
+    input: Tensor,
+    hx: Tensor | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    *,
+    nonlinearity: str = "relu",
+    batch_sizes: Sequence[int] | Tensor | None = None,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """IndRNN over a sequence: h' = act(x W_ih^T + b_ih + u * h), u = weight_hh applied elementwise.
+
+    Args:
+        input: (T, B, I), or packed rows (N, I) with batch_sizes (PackedSequence.data).
+        hx: h0 (B, H); zeros when None.
+        weight_ih: (H, I). weight_hh: (H,), the recurrent weight u. bias_ih: (H,) or None.
+        nonlinearity: "relu" (the paper's choice) or "tanh".
+        batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
+        reverse: run from the last time step to the first (the backward direction of a bidirectional layer).
+        backend: "auto", "triton" (the recurrence as one Triton kernel), "torch" (the same op with the recurrence
+            as a loop of in-place torch ops; CPU's "auto") or "reference" (step by step, autograd's backward).
+
+    Returns:
+        output (T, B, H) or (N, H), and h_n (B, H).
+    """
+    checked_nonlinearity(nonlinearity)
+    batch_sizes = _checked_layout(input, batch_sizes)
+    _check_weights(input, weight_ih, weight_hh, bias_ih)
+    batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
+    h0 = checked_state("hx", hx, input, (batch, weight_hh.shape[0]))
+    chosen = chosen_backend(backend, input.device, input.dtype)
+    tensors = (input, h0, weight_ih, weight_hh, bias_ih)
+    if chosen == "reference":
+        return reference.sequence(*tensors, batch_sizes, reverse, nonlinearity)
+    rows = input.reshape(-1, input.shape[-1])
+    contiguous = [t.contiguous() if t is not None else None for t in (rows, *tensors[1:])]
+    output, h_n = autograd.indrnn_forward(*contiguous, batch_sizes, reverse, nonlinearity, chosen)
+    return output.reshape(*input.shape[:-1], output.shape[-1]), h_n
+
+
+def indrnn_cell(
+    input: Tensor,
+    hx: Tensor | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    *,
+    nonlinearity: str = "relu",
+    backend: str = "auto",
+) -> Tensor:
+    """One IndRNN step: input (B, I), hx (B, H) or None; returns h'."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 2:
+        raise ValueError(f"input must be 2-D (B, I) for one step, got shape {tuple(input.shape)}")
+    return indrnn(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, nonlinearity=nonlinearity, backend=backend)[1]
+
+
+def _checked_layout(input, batch_sizes):
+    """batch_sizes as a list of ints (None for padded input), once input and it describe a valid layout."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+    if batch_sizes is None:
+        if input.dim() != 3:
+            raise ValueError(f"input must be 3-D (T, B, I), got shape {tuple(input.shape)}")
+        if input.shape[0] == 0 or input.shape[1] == 0:
+            raise ValueError(f"input must have at least one time step and one batch entry, got {tuple(input.shape)}")
+        return None
+    if isinstance(batch_sizes, torch.Tensor):
+        batch_sizes = batch_sizes.tolist()
+    batch_sizes = [int(b) for b in batch_sizes]
+    if input.dim() != 2:
+        raise ValueError(f"packed input must be 2-D (N, I) when batch_sizes is given, got shape {tuple(input.shape)}")
+    if not batch_sizes or batch_sizes[-1] < 1 or any(a < b for a, b in zip(batch_sizes, batch_sizes[1:])):
+        raise ValueError(f"batch_sizes must be positive and non-increasing, got {batch_sizes}")
+    if sum(batch_sizes) != input.shape[0]:
+        raise ValueError(f"batch_sizes sum to {sum(batch_sizes)} but input has {input.shape[0]} rows")
+    return batch_sizes
+
+
+def _check_weights(input, weight_ih, weight_hh, bias_ih):
+    for name, t in (("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih)):
+        if t is None and name != "bias_ih":
+            raise TypeError(f"{name} must be a Tensor, got None")
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+        if t.dtype != input.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}; cast one to match")
+        if t.device != input.device:
+            raise ValueError(f"{name} is on {t.device} but input is on {input.device}")
+    if weight_hh.dim() != 1 or weight_hh.shape[0] == 0:
+        raise ValueError(
+            f"weight_hh must be a vector (hidden_size,): IndRNN's recurrent weight is elementwise, "
+            f"got shape {tuple(weight_hh.shape)}"
+        )
+    hidden = weight_hh.shape[0]
+    if weight_ih.dim() != 2 or weight_ih.shape != (hidden, input.shape[-1]):
+        raise ValueError(
+            f"weight_ih must be ({hidden}, input_size={input.shape[-1]}), got shape {tuple(weight_ih.shape)}"
+        )
+    if bias_ih is not None and bias_ih.shape != (hidden,):
+        raise ValueError(f"bias_ih must be ({hidden},), got shape {tuple(bias_ih.shape)}")
