@@ -1,0 +1,41 @@
+// The persistent whole-sequence forward, as a plain CUDA launcher over raw device pointers (no ATen), so that
+// forward.cu compiles standalone with nvcc and the torch binding stays a thin shim.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "partition.h"
+
+namespace fused_rnn {
+namespace persistent {
+
+enum class CellKind : int { kLstm = 0, kGru = 1 };
+enum class Dtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// One direction of one layer. Element types: the storage dtype unless stated; every tensor contiguous.
+struct ForwardArgs {
+    const void* input_gates;  // [rows, gates * hidden]: x W_ih^T + b_ih of every step, one GEMM before the launch
+    const void* weight_hh;    // [gates * hidden, hidden]
+    const void* bias_hh;      // [gates * hidden], or null
+    const void* h0;           // [batch, hidden]
+    const void* c0;           // [batch, hidden] (LSTM), else null
+    const int* step_rows;     // device [steps, 2] (row offset, active batch) of packed input, or null for padded
+    void* h_exchange;         // [2, batch, hidden] scratch: h of the step before, by step parity
+    void* output;             // [rows, hidden]
+    void* h_n;                // [batch, hidden]
+    void* c_n;                // [batch, hidden] (LSTM), else null
+    float* saved;             // [rows, saved_width * hidden] activations for the backward, or null
+    int steps, batch, hidden;
+    bool reverse;
+};
+
+// The current device's limits as the capacity model takes them.
+cudaError_t current_device_limits(DeviceLimits* limits);
+
+// Launches the forward on `stream`. Returns cudaErrorInvalidConfiguration when the partition does not fit the
+// device (see plan()) and cudaErrorCooperativeLaunchTooLarge when its CTAs cannot all be resident at once:
+// callers check plan() first; these are the last guard against a grid barrier that would never complete.
+cudaError_t forward(CellKind cell, Dtype dtype, const ForwardArgs& args, cudaStream_t stream);
+
+}  // namespace persistent
+}  // namespace fused_rnn
