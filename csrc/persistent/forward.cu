@@ -229,6 +229,11 @@ cudaError_t launch(const ForwardArgs& a, cudaStream_t stream) {
     auto kernel = forward_kernel<Cell, T>;
     const int smem_bytes = static_cast<int>(part.smem.total_bytes);
     error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+    // All of the SM's unified L1/shared memory as shared memory: the partition assumes the opt-in maximum.
+    if (error == cudaSuccess) {
+        error = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                     cudaSharedmemCarveoutMaxShared);
+    }
     if (error != cudaSuccess) return error;
     int blocks_per_sm = 0;
     error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, smem_bytes);

@@ -12,10 +12,13 @@ persistent forward saved (same layout): the persistent backward is still to be w
 Unverified on a GPU: "auto" never picks this backend.
 """
 
+import functools
+import itertools
 from dataclasses import dataclass
 
 import torch
 
+from fused_rnn.backends import native
 from fused_rnn.cells import CELLS
 
 # Mirrors of csrc/persistent/partition.h (tests/test_persistent_partition.py checks them against the header).
@@ -123,3 +126,75 @@ def plan(cell: str, hidden: int, batch: int, dtype: torch.dtype, device: DeviceL
         smem_bytes=smem_bytes,
         exchange_bytes=2 * batch * hidden * element_bytes,
     )
+
+
+# ---------------------------------------------------------------------------------------------- the driver
+
+
+def device_limits(device: torch.device) -> DeviceLimits:
+    """The limits of CUDA device `device`, read by the compiled extension as the launcher reads them."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return DeviceLimits(*native.ops().persistent_device_limits(index))
+
+
+def has_kernels() -> bool:
+    """Whether the compiled extension was built with the persistent kernels (its CUDA half)."""
+    try:
+        return native.has_kernel("persistent_forward", "cuda")
+    except RuntimeError:  # an extension built without them does not define the op at all
+        return False
+
+
+def unavailable(cell: str, hidden: int, batch: int, projected: bool, device: torch.device, dtype: torch.dtype):
+    """Why the persistent kernels cannot run this call (a str), or None when they can.
+
+    Checks, in order: a CUDA tensor, no projection, the kernels compiled in, and the capacity model on this
+    device: a configuration that does not fit on chip, or whose CTAs could not all be resident, is refused
+    here rather than risking a grid barrier that never completes.
+    """
+    if device.type != "cuda":
+        return f"it runs CUDA tensors only, got {device.type}"
+    if projected:
+        return "proj_size is not supported (the persistent kernels have no projection)"
+    if not has_kernels():
+        return "the compiled extension has no persistent kernels (it was built without CUDA)"
+    return plan(cell, hidden, batch, dtype, device_limits(device)).reason
+
+
+@functools.lru_cache(maxsize=64)
+def step_rows(batch_sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """int32 [steps, 2]: (row offset, active batch) of each step of packed input, on `device`.
+
+    Cached per layout and device, as fused_rnn.packing's row indices: copied to the GPU once, not per call.
+    """
+    offsets = itertools.accumulate(batch_sizes[:-1], initial=0)
+    return torch.tensor(list(zip(offsets, batch_sizes, strict=True)), dtype=torch.int32).to(device)
+
+
+def sequence_forward(
+    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save
+):
+    """One direction of one layer: the input projection as one GEMM, then one persistent launch for all steps.
+    Arguments and outputs as fused_rnn.autograd.sequence_forward's (weight_hr must be None)."""
+    spec = CELLS[cell]
+    rows, (batch, hidden) = input.shape[0], h0.shape
+    if bias_ih is None:
+        input_gates = torch.mm(input, weight_ih.t())
+    else:
+        input_gates = torch.addmm(bias_ih, input, weight_ih.t())
+    output = input.new_empty(rows, hidden)
+    h_n = torch.empty_like(h0)
+    c_n = torch.empty_like(c0) if spec.has_cell_state else input.new_empty(0)
+    saved = input.new_empty(rows if save else 0, spec.saved_width * hidden, dtype=torch.float32)
+    packed = None if batch_sizes is None else step_rows(tuple(batch_sizes), input.device)
+    h_exchange = input.new_empty(2, batch, hidden)
+    native.ops().persistent_forward(
+        cell, input_gates, weight_hh, bias_hh, h0, c0, packed, reverse, output, h_n, c_n, saved, h_exchange
+    )
+    return output, h_n, c_n, saved, input.new_empty(0, hidden)
+
+
+def sequence_backward(*args):
+    """The compiled CUDA driver's backward (level A) on the activations the persistent forward saved, which are
+    laid out as every backend's (fused_rnn.cells); arguments as fused_rnn.autograd.sequence_backward's."""
+    return native.ops().sequence_backward(*args)
