@@ -116,3 +116,21 @@ def test_device_limits_are_torchs_and_the_targets_fit():
         for cell in ("lstm", "gru"):
             for dtype in DTYPES:
                 assert persistent.plan(cell, 1024, 64, dtype, limits).fits, (cell, dtype)
+
+
+def test_backward_that_does_not_fit_on_chip_runs_the_step_loop():
+    """LSTM fp32 H=1024 at B=1024: the forward fits (cell state in shared memory), the backward does not (its dh and
+    dc double that); the backward then runs the "cuda" backend's step loop on the same saved activations."""
+    limits = persistent.device_limits(torch.device("cuda"))
+    cell, hidden, batch = "lstm", 1024, 1024
+    if (
+        not persistent.plan(cell, hidden, batch, torch.float32, limits).fits
+        or persistent.plan_backward(cell, hidden, batch, torch.float32, limits).fits
+    ):
+        pytest.skip(f"on this GPU ({limits}) the case is not forward-only")
+    modules = {b: fused_rnn.LSTM(32, hidden, backend=b, device="cuda") for b in ("persistent", "cuda")}
+    modules["cuda"].load_state_dict(modules["persistent"].state_dict())
+    x = torch.randn(3, batch, 32, device="cuda")
+    ours, step_loop = (outputs_and_grads(modules[b], x, None) for b in ("persistent", "cuda"))
+    for i, (o, s) in enumerate(zip(ours, step_loop, strict=True)):
+        torch.testing.assert_close(o, s, atol=1e-4, rtol=1e-4, msg=f"tensor {i}")

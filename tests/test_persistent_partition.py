@@ -22,11 +22,13 @@ HEADER_DIR = Path(__file__).resolve().parents[1] / "csrc" / "persistent"
 
 # Reads one query per line, answers each on one line. Queries:
 #   plan GATES HAS_CELL HIDDEN BATCH ELEMENT_BYTES SMS SMEM_OPTIN REGISTERS THREADS
+#   backward GATES HAS_CELL HIDDEN BATCH ELEMENT_BYTES SMS SMEM_OPTIN REGISTERS THREADS  (HAS_CELL unused)
 #   units HIDDEN UNITS_PER_CTA CTAS               -> "first count" of each CTA
 #   rows UNITS_PER_CTA GATES HIDDEN CTA           -> the W_hh row of each local row of the CTA
 #   saved ROW SLOT UNIT HIDDEN WIDTH              -> element index
 #   walk STEPS BATCH REVERSE PACKED [OFFSET ACTIVE]... -> "offset active buffer" of each position of the walk
-#   constants                                     -> kThreads kMaxRegistersPerThread kBatchTile kAlignment
+#   backward_walk STEPS REVERSE                   -> the step at each position of the backward's walk
+#   constants            -> kThreads kMaxRegistersPerThread kBatchTile kBackwardBatchTile kAlignment
 PROBE = r"""
 #include <iostream>
 #include <string>
@@ -37,15 +39,27 @@ using namespace fused_rnn::persistent;
 int main() {
     std::string query;
     while (std::cin >> query) {
-        if (query == "plan") {
+        if (query == "plan" || query == "backward") {
             int gates, has_cell, hidden, batch, element_bytes;
             DeviceLimits d;
             std::cin >> gates >> has_cell >> hidden >> batch >> element_bytes >> d.multiprocessors
                 >> d.shared_memory_per_block_optin >> d.registers_per_multiprocessor >> d.max_threads_per_block;
-            Partition p = plan(gates, has_cell != 0, hidden, batch, element_bytes, d);
-            std::cout << static_cast<int>(p.verdict) << ' ' << p.ctas << ' ' << p.units_per_cta << ' '
-                      << p.smem.weight_bytes << ' ' << p.smem.h_tile_bytes << ' ' << p.smem.preact_bytes << ' '
-                      << p.smem.cell_bytes << ' ' << p.smem.total_bytes << '\n';
+            if (query == "plan") {
+                Partition p = plan(gates, has_cell != 0, hidden, batch, element_bytes, d);
+                std::cout << static_cast<int>(p.verdict) << ' ' << p.ctas << ' ' << p.units_per_cta << ' '
+                          << p.smem.weight_bytes << ' ' << p.smem.h_tile_bytes << ' ' << p.smem.preact_bytes << ' '
+                          << p.smem.cell_bytes << ' ' << p.smem.total_bytes << '\n';
+            } else {
+                BackwardPartition p = plan_backward(gates, hidden, batch, element_bytes, d);
+                std::cout << static_cast<int>(p.verdict) << ' ' << p.ctas << ' ' << p.units_per_cta << ' '
+                          << p.smem.weight_bytes << ' ' << p.smem.grad_tile_bytes << ' ' << p.smem.dh_bytes << ' '
+                          << p.smem.dc_bytes << ' ' << p.smem.total_bytes << '\n';
+            }
+        } else if (query == "backward_walk") {
+            int steps, reverse;
+            std::cin >> steps >> reverse;
+            for (int s = 0; s < steps; ++s) std::cout << backward_step_at(s, steps, reverse != 0) << ' ';
+            std::cout << '\n';
         } else if (query == "units") {
             int hidden, units_per_cta, ctas;
             std::cin >> hidden >> units_per_cta >> ctas;
@@ -75,7 +89,8 @@ int main() {
             }
             std::cout << '\n';
         } else if (query == "constants") {
-            std::cout << kThreads << ' ' << kMaxRegistersPerThread << ' ' << kBatchTile << ' ' << kAlignment << '\n';
+            std::cout << kThreads << ' ' << kMaxRegistersPerThread << ' ' << kBatchTile << ' ' << kBackwardBatchTile
+                      << ' ' << kAlignment << '\n';
         }
     }
 }
@@ -120,31 +135,33 @@ HIDDEN = [1, 7, 33, 100, 128, 131, 132, 133, 255, 256, 500, 511, 512, 768, 1000,
 BATCH = [1, 3, 8, 9, 17, 64, 100, 1024, 8192]
 
 
-def test_header_and_model_agree_on_every_partition(probe):
+def model_sizes(direction: str, model) -> list[int]:
+    """The model's partition in the probe's order: CTAs, units per CTA, each shared-memory region, the total."""
+    if direction == "plan":
+        regions = [model.weight_bytes, model.h_tile_bytes, model.preact_bytes, model.cell_bytes]
+    else:
+        regions = [model.weight_bytes, model.grad_tile_bytes, model.dh_bytes, model.dc_bytes]
+    return [model.ctas, model.units_per_cta, *regions, model.smem_bytes]
+
+
+@pytest.mark.parametrize("direction", ["plan", "backward"])
+def test_header_and_model_agree_on_every_partition(probe, direction):
     configs = list(itertools.product(("lstm", "gru"), persistent.DTYPES, HIDDEN, BATCH, DEVICES))
     queries = [
-        f"plan {CELLS[cell].gates} {int(CELLS[cell].has_cell_state)} {hidden} {batch} {dtype.itemsize} "
+        f"{direction} {CELLS[cell].gates} {int(CELLS[cell].has_cell_state)} {hidden} {batch} {dtype.itemsize} "
         f"{d.multiprocessors} {d.shared_memory_per_block_optin} {d.registers_per_multiprocessor} "
         f"{d.max_threads_per_block}"
         for cell, dtype, hidden, batch, d in configs
     ]
     answers = probe(queries)
     assert len(answers) == len(configs)
+    model_plan = persistent.plan if direction == "plan" else persistent.plan_backward
     verdicts = set()
     for (cell, dtype, hidden, batch, device), answer in zip(configs, answers, strict=True):
         verdict, *sizes = answer
-        model = persistent.plan(cell, hidden, batch, dtype, device)
-        expected = [
-            model.ctas,
-            model.units_per_cta,
-            model.weight_bytes,
-            model.h_tile_bytes,
-            model.preact_bytes,
-            model.cell_bytes,
-            model.smem_bytes,
-        ]
-        where = f"{cell} {dtype} H={hidden} B={batch} {device}"
-        assert sizes == expected, where
+        model = model_plan(cell, hidden, batch, dtype, device)
+        where = f"{direction} {cell} {dtype} H={hidden} B={batch} {device}"
+        assert sizes == model_sizes(direction, model), where
         assert (verdict == 0) == model.fits, f"{where}: header verdict {verdict}, model {model.reason}"
         if verdict:
             assert VERDICT_WORDS[verdict] in model.reason, where
@@ -158,6 +175,7 @@ def test_constants_are_the_models(probe):
         persistent.THREADS,
         persistent.MAX_REGISTERS_PER_THREAD,
         persistent.BATCH_TILE,
+        persistent.BACKWARD_BATCH_TILE,
         persistent.ALIGNMENT,
     ]
 
@@ -208,3 +226,11 @@ def test_walk_over_steps_is_fused_rnn_packings(probe, batch_sizes, reverse):
     assert [(offset, active) for offset, active, _ in triples] == expected
     # The step at position s reads buffer s % 2 and writes the other: consecutive steps alternate.
     assert [buffer for *_, buffer in triples] == [s % 2 for s in range(steps)]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_backward_walk_is_the_forward_walk_reversed(probe, reverse):
+    steps = 5
+    (forward,) = probe([f"walk {steps} 1 {int(reverse)} 0"])
+    (backward,) = probe([f"backward_walk {steps} {int(reverse)}"])
+    assert backward == forward[::3][::-1]  # padded, batch 1: the forward's offsets are its step indices

@@ -5,10 +5,9 @@
 // W_hh (one warp per row, lanes split the hidden dimension), runs the cell math for its units, writes h' to the
 // output and to the other h buffer, then waits at the grid barrier; the next step reads that buffer.
 #include <cooperative_groups.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include "../cell_math.h"
+#include "device.cuh"
 #include "launch.h"
 
 namespace fused_rnn {
@@ -16,34 +15,6 @@ namespace persistent {
 namespace {
 
 namespace cg = cooperative_groups;
-
-constexpr int kWarpSize = 32;
-constexpr int kWarps = kThreads / kWarpSize;
-
-struct Lstm {
-    static constexpr int kGates = 4;
-    static constexpr int kSavedWidth = 5;  // i, f, g, o, c_prev
-    static constexpr bool kHasCellState = true;
-};
-
-struct Gru {
-    static constexpr int kGates = 3;
-    static constexpr int kSavedWidth = 4;  // r, z, n, h W_hn^T + b_hn
-    static constexpr bool kHasCellState = false;
-};
-
-__device__ inline float to_float(float x) { return x; }
-__device__ inline float to_float(__half x) { return __half2float(x); }
-__device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ inline T from_float(float x);
-template <>
-__device__ inline float from_float<float>(float x) { return x; }
-template <>
-__device__ inline __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 template <typename T>
 struct ForwardParams {
@@ -176,12 +147,7 @@ __global__ void __launch_bounds__(kThreads, kRegisterCapBlocks)
                     for (int bt = 0; bt < kBatchTile; ++bt) acc[bt] += wk * h_tile[bt * hidden + k];
                 }
 #pragma unroll
-                for (int bt = 0; bt < kBatchTile; ++bt) {
-#pragma unroll
-                    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-                        acc[bt] += __shfl_xor_sync(0xffffffffu, acc[bt], offset);
-                    }
-                }
+                for (int bt = 0; bt < kBatchTile; ++bt) acc[bt] = warp_sum(acc[bt]);
                 if (lane == 0) {
 #pragma unroll
                     for (int bt = 0; bt < kBatchTile; ++bt) preact[bt * rows + r] = acc[bt];
@@ -226,20 +192,6 @@ cudaError_t launch(const ForwardArgs& a, cudaStream_t stream) {
     const Partition part = plan(Cell::kGates, Cell::kHasCellState, a.hidden, a.batch, sizeof(T), limits);
     if (part.verdict != Verdict::kFits) return cudaErrorInvalidConfiguration;
 
-    auto kernel = forward_kernel<Cell, T>;
-    const int smem_bytes = static_cast<int>(part.smem.total_bytes);
-    error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-    // All of the SM's unified L1/shared memory as shared memory: the partition assumes the opt-in maximum.
-    if (error == cudaSuccess) {
-        error = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                     cudaSharedmemCarveoutMaxShared);
-    }
-    if (error != cudaSuccess) return error;
-    int blocks_per_sm = 0;
-    error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, smem_bytes);
-    if (error != cudaSuccess) return error;
-    if (blocks_per_sm * limits.multiprocessors < part.ctas) return cudaErrorCooperativeLaunchTooLarge;
-
     const size_t state_bytes = static_cast<size_t>(a.batch) * a.hidden * sizeof(T);
     error = cudaMemcpyAsync(a.h_exchange, a.h0, state_bytes, cudaMemcpyDeviceToDevice, stream);
     if (error != cudaSuccess) return error;
@@ -261,8 +213,8 @@ cudaError_t launch(const ForwardArgs& a, cudaStream_t stream) {
     int units_per_cta = part.units_per_cta;
     SharedLayout layout = part.smem;
     void* kernel_args[] = {&params, &units_per_cta, &layout};
-    return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(part.ctas), dim3(kThreads),
-                                       kernel_args, part.smem.total_bytes, stream);
+    return launch_cooperative(forward_kernel<Cell, T>, part.ctas, part.smem.total_bytes, kernel_args,
+                              limits.multiprocessors, stream);
 }
 
 template <typename Cell>

@@ -1,5 +1,5 @@
-// The persistent whole-sequence forward, as a plain CUDA launcher over raw device pointers (no ATen), so that
-// forward.cu compiles standalone with nvcc and the torch binding stays a thin shim.
+// The persistent whole-sequence forward and backward, as plain CUDA launchers over raw device pointers (no ATen),
+// so that forward.cu and backward.cu compile standalone with nvcc and the torch binding stays a thin shim.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,6 +29,25 @@ struct ForwardArgs {
     bool reverse;
 };
 
+// One direction of one layer, backward, on the forward's saved activations. The weight, bias and input gradients
+// are GEMMs over all rows afterwards (the caller's); this walks the steps and writes the gate gradients.
+struct BackwardArgs {
+    const float* saved;        // [rows, saved_width * hidden] from the forward (fused_rnn/cells.py's layout)
+    const void* grad_output;   // [rows, hidden]
+    const void* grad_h_n;      // [batch, hidden]
+    const void* grad_c_n;      // [batch, hidden] (LSTM), else null
+    const void* h_prev;        // [rows, hidden]: the h each row's step started from (GRU), else null
+    const void* weight_hh;     // [gates * hidden, hidden]
+    const int* step_rows;      // as ForwardArgs
+    float* grad_exchange;      // [2, batch, gates * hidden] scratch: the gate gradients of the step before
+    void* grad_input_gates;    // [rows, gates * hidden]: gradient of x W_ih^T + b_ih
+    void* grad_hidden_gates;   // [rows, gates * hidden]: gradient of h W_hh^T + b_hh (GRU); the LSTM's are the above
+    void* grad_h0;             // [batch, hidden]
+    void* grad_c0;             // [batch, hidden] (LSTM), else null
+    int steps, batch, hidden;
+    bool reverse;
+};
+
 // The current device's limits as the capacity model takes them.
 cudaError_t current_device_limits(DeviceLimits* limits);
 
@@ -36,6 +55,9 @@ cudaError_t current_device_limits(DeviceLimits* limits);
 // device (see plan()) and cudaErrorCooperativeLaunchTooLarge when its CTAs cannot all be resident at once:
 // callers check plan() first; these are the last guard against a grid barrier that would never complete.
 cudaError_t forward(CellKind cell, Dtype dtype, const ForwardArgs& args, cudaStream_t stream);
+
+// Launches the backward on `stream`; errors as forward's, against plan_backward().
+cudaError_t backward(CellKind cell, Dtype dtype, const BackwardArgs& args, cudaStream_t stream);
 
 }  // namespace persistent
 }  // namespace fused_rnn

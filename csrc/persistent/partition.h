@@ -25,6 +25,8 @@ constexpr int kMaxRegistersPerThread = 128;
 // Batch rows whose h is staged in shared memory (as fp32) at a time: one accumulator per row per thread, so the
 // dot products stay in registers for any batch, and the staging buffer does not grow with the batch.
 constexpr int kBatchTile = 8;
+// The backward stages gate gradients, gates times wider than h: a smaller tile keeps fp32 LSTM H=1024 on chip.
+constexpr int kBackwardBatchTile = 4;
 constexpr int kAlignment = 16;  // bytes; every shared-memory region starts on a 16-byte boundary
 
 // What decides whether the kernel can run: a verdict, first reason found.
@@ -82,22 +84,70 @@ __host__ __device__ inline SharedLayout shared_layout(int gates, bool has_cell_s
 
 // The fewest units per CTA that keep to one CTA per SM: more CTAs share the weights and the work, and a larger
 // slice only needs more shared memory, so if this partition does not fit, none does.
+__host__ __device__ inline int units_per_cta_of(int hidden, DeviceLimits device) {
+    return hidden > 0 ? ceil_div(hidden, device.multiprocessors) : 0;
+}
+
+__host__ __device__ inline Verdict verdict_of(int hidden, int batch, size_t smem_bytes, DeviceLimits device) {
+    if (hidden <= 0 || batch <= 0) return Verdict::kEmptyProblem;
+    if (kThreads > device.max_threads_per_block) return Verdict::kTooManyThreads;
+    if (static_cast<long long>(kThreads) * kMaxRegistersPerThread > device.registers_per_multiprocessor) {
+        return Verdict::kTooFewRegisters;
+    }
+    if (smem_bytes > static_cast<size_t>(device.shared_memory_per_block_optin)) return Verdict::kSharedMemory;
+    return Verdict::kFits;
+}
+
 __host__ __device__ inline Partition plan(int gates, bool has_cell_state, int hidden, int batch, int element_bytes,
                                           DeviceLimits device) {
     Partition p;
-    p.verdict = Verdict::kFits;
-    p.units_per_cta = hidden > 0 ? ceil_div(hidden, device.multiprocessors) : 0;
+    p.units_per_cta = units_per_cta_of(hidden, device);
     p.ctas = hidden > 0 ? ceil_div(hidden, p.units_per_cta) : 0;
     p.smem = shared_layout(gates, has_cell_state, hidden, batch, element_bytes, p.units_per_cta);
-    if (hidden <= 0 || batch <= 0) {
-        p.verdict = Verdict::kEmptyProblem;
-    } else if (kThreads > device.max_threads_per_block) {
-        p.verdict = Verdict::kTooManyThreads;
-    } else if (static_cast<long long>(kThreads) * kMaxRegistersPerThread > device.registers_per_multiprocessor) {
-        p.verdict = Verdict::kTooFewRegisters;
-    } else if (p.smem.total_bytes > static_cast<size_t>(device.shared_memory_per_block_optin)) {
-        p.verdict = Verdict::kSharedMemory;
-    }
+    p.verdict = verdict_of(hidden, batch, p.smem.total_bytes, device);
+    return p;
+}
+
+// The backward walks the steps in reverse with the same CTAs and units. Per step a CTA first turns the gate
+// gradients of the step before (all units, [batch, gates * hidden] fp32, exchanged through global memory) into
+// dh of its own units with its columns of W_hh, then runs the cell's backward math for its units. The gradients
+// reaching h and c (the GRU's z * dh) stay in shared memory: no other CTA reads them.
+struct BackwardLayout {
+    size_t weight_offset, weight_bytes;        // [units, gates * hidden]: W_hh's columns of the CTA's units
+    size_t grad_tile_offset, grad_tile_bytes;  // [kBackwardBatchTile, gates * hidden] fp32 staged gate gradients
+    size_t dh_offset, dh_bytes;                // [batch, units] fp32: gradient reaching h through W_hh
+    size_t dc_offset, dc_bytes;                // [batch, units] fp32: LSTM dc; GRU the part of dh that skips W_hh
+    size_t total_bytes;
+};
+
+struct BackwardPartition {
+    Verdict verdict;
+    int ctas, units_per_cta;
+    BackwardLayout smem;
+};
+
+__host__ __device__ inline BackwardLayout backward_layout(int gates, int hidden, int batch, int element_bytes,
+                                                          int units) {
+    BackwardLayout s;
+    s.weight_offset = 0;
+    s.weight_bytes = static_cast<size_t>(gates) * units * hidden * element_bytes;
+    s.grad_tile_offset = align_up(s.weight_offset + s.weight_bytes);
+    s.grad_tile_bytes = static_cast<size_t>(kBackwardBatchTile) * gates * hidden * sizeof(float);
+    s.dh_offset = align_up(s.grad_tile_offset + s.grad_tile_bytes);
+    s.dh_bytes = static_cast<size_t>(batch) * units * sizeof(float);
+    s.dc_offset = align_up(s.dh_offset + s.dh_bytes);
+    s.dc_bytes = static_cast<size_t>(batch) * units * sizeof(float);
+    s.total_bytes = align_up(s.dc_offset + s.dc_bytes);
+    return s;
+}
+
+__host__ __device__ inline BackwardPartition plan_backward(int gates, int hidden, int batch, int element_bytes,
+                                                           DeviceLimits device) {
+    BackwardPartition p;
+    p.units_per_cta = units_per_cta_of(hidden, device);
+    p.ctas = hidden > 0 ? ceil_div(hidden, p.units_per_cta) : 0;
+    p.smem = backward_layout(gates, hidden, batch, element_bytes, p.units_per_cta);
+    p.verdict = verdict_of(hidden, batch, p.smem.total_bytes, device);
     return p;
 }
 
@@ -140,6 +190,12 @@ __host__ __device__ inline StepRows step_rows_of(const int* step_rows, int t, in
 // other. Buffer 0 holds h0 at launch.
 __host__ __device__ inline int step_at(int s, int steps, bool reverse) { return reverse ? steps - 1 - s : s; }
 __host__ __device__ inline int read_buffer(int s) { return s & 1; }
+
+// The backward visits the forward's steps in reverse: position s of its walk is the forward's position
+// steps - 1 - s. It writes the gate gradients of position s to buffer s & 1 and reads those of s - 1 from the other.
+__host__ __device__ inline int backward_step_at(int s, int steps, bool reverse) {
+    return step_at(steps - 1 - s, steps, reverse);
+}
 
 }  // namespace persistent
 }  // namespace fused_rnn

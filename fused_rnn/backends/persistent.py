@@ -6,8 +6,8 @@ function that says whether that kernel fits a GPU and how it partitions the work
 
 The capacity model mirrors csrc/persistent/partition.h, which the launcher sizes the launch from; the CPU tests
 compile that header and check that the two agree, and that the compiled kernels use no more shared memory or
-registers than assumed here. The backward runs the level-A driver of the "cuda" backend on the activations the
-persistent forward saved (same layout): the persistent backward is still to be written.
+registers than assumed here. The backward is persistent too (W_hh's columns of each CTA's units on chip) where
+plan_backward says it fits; elsewhere it runs the compiled CUDA driver's step loop on the same saved activations.
 
 Unverified on a GPU: "auto" never picks this backend.
 """
@@ -20,11 +20,13 @@ import torch
 
 from fused_rnn.backends import native
 from fused_rnn.cells import CELLS
+from fused_rnn.packing import previous_hidden
 
 # Mirrors of csrc/persistent/partition.h (tests/test_persistent_partition.py checks them against the header).
 THREADS = 256
 MAX_REGISTERS_PER_THREAD = 128  # what __launch_bounds__(THREADS, 2) caps each thread at on a 64K-register SM
 BATCH_TILE = 8
+BACKWARD_BATCH_TILE = 4
 ALIGNMENT = 16
 CELLS_SUPPORTED = ("lstm", "gru")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -78,53 +80,117 @@ def _align(nbytes: int) -> int:
     return -(-nbytes // ALIGNMENT) * ALIGNMENT
 
 
-def plan(cell: str, hidden: int, batch: int, dtype: torch.dtype, device: DeviceLimits) -> Partition:
-    """The persistent kernel's partition of one direction of one layer on `device`, and whether it fits.
+def _units_and_ctas(hidden: int, device: DeviceLimits) -> tuple[int, int]:
+    """Units per CTA: the fewest that keep to one CTA per SM. More CTAs share the weights and the work, and a
+    larger slice only needs more shared memory, so when this partition does not fit, none does."""
+    if hidden <= 0:
+        return 0, 0
+    units = -(-hidden // device.multiprocessors)
+    return units, -(-hidden // units)
 
-    Units per CTA is the fewest that keep to one CTA per SM: more CTAs share the weights and the work, and a
-    larger slice only needs more shared memory, so when this partition does not fit, none does.
-    """
-    gates = CELLS[cell].gates
-    element_bytes = dtype.itemsize
-    units = -(-hidden // device.multiprocessors) if hidden > 0 else 0
-    ctas = -(-hidden // units) if hidden > 0 else 0
-    weight_bytes = gates * units * hidden * element_bytes
-    h_tile_bytes = BATCH_TILE * hidden * FP32_BYTES
-    preact_bytes = BATCH_TILE * gates * units * FP32_BYTES
-    cell_bytes = batch * units * FP32_BYTES if CELLS[cell].has_cell_state else 0
-    smem_bytes = _align(_align(_align(weight_bytes) + h_tile_bytes) + preact_bytes)
-    smem_bytes = _align(smem_bytes + cell_bytes)
-    reason = None
+
+def _refusal(cell, hidden, batch, dtype, device, ctas, units, regions: dict[str, int], smem_bytes) -> str | None:
+    """Why the kernel cannot run this configuration (the first reason found), or None when it fits."""
     if cell not in CELLS_SUPPORTED:
-        reason = f"the persistent kernels exist for {' and '.join(CELLS_SUPPORTED)}, not {cell}"
-    elif dtype not in DTYPES:
-        reason = f"dtype {dtype} is not supported (float32, bfloat16, float16 are)"
-    elif hidden <= 0 or batch <= 0:
-        reason = f"hidden ({hidden}) and batch ({batch}) must be positive"
-    elif THREADS > device.max_threads_per_block:
-        reason = f"a CTA has {THREADS} threads, the device allows {device.max_threads_per_block} per block"
-    elif THREADS * MAX_REGISTERS_PER_THREAD > device.registers_per_multiprocessor:
-        reason = (
+        return f"the persistent kernels exist for {' and '.join(CELLS_SUPPORTED)}, not {cell}"
+    if dtype not in DTYPES:
+        return f"dtype {dtype} is not supported (float32, bfloat16, float16 are)"
+    if hidden <= 0 or batch <= 0:
+        return f"hidden ({hidden}) and batch ({batch}) must be positive"
+    if THREADS > device.max_threads_per_block:
+        return f"a CTA has {THREADS} threads, the device allows {device.max_threads_per_block} per block"
+    if THREADS * MAX_REGISTERS_PER_THREAD > device.registers_per_multiprocessor:
+        return (
             f"a CTA needs {THREADS} x {MAX_REGISTERS_PER_THREAD} registers, an SM has "
             f"{device.registers_per_multiprocessor}"
         )
-    elif smem_bytes > device.shared_memory_per_block_optin:
-        reason = (
-            f"each of {ctas} CTAs needs {smem_bytes / 1024:.1f} KiB of shared memory ({units} units: W_hh slice "
-            f"{weight_bytes / 1024:.1f} KiB, h tile {h_tile_bytes / 1024:.1f} KiB, gates {preact_bytes / 1024:.1f} "
-            f"KiB, cell state {cell_bytes / 1024:.1f} KiB) but a block may use "
-            f"{device.shared_memory_per_block_optin / 1024:.1f} KiB on this {device.multiprocessors}-SM GPU"
+    if smem_bytes > device.shared_memory_per_block_optin:
+        parts = ", ".join(f"{name} {nbytes / 1024:.1f} KiB" for name, nbytes in regions.items())
+        return (
+            f"each of {ctas} CTAs needs {smem_bytes / 1024:.1f} KiB of shared memory ({units} units: {parts}) but a "
+            f"block may use {device.shared_memory_per_block_optin / 1024:.1f} KiB on this "
+            f"{device.multiprocessors}-SM GPU"
         )
+    return None
+
+
+def _packed_bytes(regions) -> int:
+    """Bytes of consecutive shared-memory regions, each starting on an ALIGNMENT boundary."""
+    total = 0
+    for nbytes in regions:
+        total = _align(_align(total) + nbytes)
+    return total
+
+
+def plan(cell: str, hidden: int, batch: int, dtype: torch.dtype, device: DeviceLimits) -> Partition:
+    """The persistent forward's partition of one direction of one layer on `device`, and whether it fits."""
+    gates = CELLS[cell].gates
+    units, ctas = _units_and_ctas(hidden, device)
+    regions = {
+        "W_hh slice": gates * units * hidden * dtype.itemsize,
+        "h tile": BATCH_TILE * hidden * FP32_BYTES,
+        "gates": BATCH_TILE * gates * units * FP32_BYTES,
+        "cell state": batch * units * FP32_BYTES if CELLS[cell].has_cell_state else 0,
+    }
+    smem_bytes = _packed_bytes(regions.values())
     return Partition(
-        reason=reason,
+        reason=_refusal(cell, hidden, batch, dtype, device, ctas, units, regions, smem_bytes),
         ctas=ctas,
         units_per_cta=units,
-        weight_bytes=weight_bytes,
-        h_tile_bytes=h_tile_bytes,
-        preact_bytes=preact_bytes,
-        cell_bytes=cell_bytes,
+        weight_bytes=regions["W_hh slice"],
+        h_tile_bytes=regions["h tile"],
+        preact_bytes=regions["gates"],
+        cell_bytes=regions["cell state"],
         smem_bytes=smem_bytes,
-        exchange_bytes=2 * batch * hidden * element_bytes,
+        exchange_bytes=2 * batch * hidden * dtype.itemsize,
+    )
+
+
+@dataclass(frozen=True)
+class BackwardPartition:
+    """The persistent backward's partition: the forward's CTAs and units, its own shared memory."""
+
+    reason: str | None
+    ctas: int
+    units_per_cta: int
+    weight_bytes: int
+    """W_hh's columns of the CTA's units: gates * hidden * units_per_cta elements."""
+    grad_tile_bytes: int
+    """BACKWARD_BATCH_TILE rows of the step's gate gradients (all units), fp32."""
+    dh_bytes: int
+    """Gradient reaching h through W_hh, [batch, units_per_cta] fp32."""
+    dc_bytes: int
+    """LSTM dc, or the GRU's part of dh that skips W_hh, [batch, units_per_cta] fp32."""
+    smem_bytes: int
+    exchange_bytes: int
+    """Global memory for the gate gradients between steps: two buffers of [batch, gates * hidden] fp32."""
+
+    @property
+    def fits(self) -> bool:
+        return self.reason is None
+
+
+def plan_backward(cell: str, hidden: int, batch: int, dtype: torch.dtype, device: DeviceLimits) -> BackwardPartition:
+    """The persistent backward's partition of one direction of one layer on `device`, and whether it fits."""
+    gates = CELLS[cell].gates
+    units, ctas = _units_and_ctas(hidden, device)
+    regions = {
+        "W_hh columns": gates * units * hidden * dtype.itemsize,
+        "gate gradient tile": BACKWARD_BATCH_TILE * gates * hidden * FP32_BYTES,
+        "dh": batch * units * FP32_BYTES,
+        "dc": batch * units * FP32_BYTES,
+    }
+    smem_bytes = _packed_bytes(regions.values())
+    return BackwardPartition(
+        reason=_refusal(cell, hidden, batch, dtype, device, ctas, units, regions, smem_bytes),
+        ctas=ctas,
+        units_per_cta=units,
+        weight_bytes=regions["W_hh columns"],
+        grad_tile_bytes=regions["gate gradient tile"],
+        dh_bytes=regions["dh"],
+        dc_bytes=regions["dc"],
+        smem_bytes=smem_bytes,
+        exchange_bytes=2 * batch * gates * hidden * FP32_BYTES,
     )
 
 
@@ -133,7 +199,11 @@ def plan(cell: str, hidden: int, batch: int, dtype: torch.dtype, device: DeviceL
 
 def device_limits(device: torch.device) -> DeviceLimits:
     """The limits of CUDA device `device`, read by the compiled extension as the launcher reads them."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _device_limits(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=16)
+def _device_limits(index: int) -> DeviceLimits:
     return DeviceLimits(*native.ops().persistent_device_limits(index))
 
 
@@ -194,7 +264,82 @@ def sequence_forward(
     return output, h_n, c_n, saved, input.new_empty(0, hidden)
 
 
-def sequence_backward(*args):
-    """The compiled CUDA driver's backward (level A) on the activations the persistent forward saved, which are
-    laid out as every backend's (fused_rnn.cells); arguments as fused_rnn.autograd.sequence_backward's."""
-    return native.ops().sequence_backward(*args)
+def sequence_backward(
+    cell,
+    grad_output,
+    grad_h_n,
+    grad_c_n,
+    input,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    weight_hr,
+    output,
+    saved,
+    projection_input,
+    batch_sizes,
+    reverse,
+    needs_grad,
+):
+    """Backpropagation through time: one persistent launch for the steps when plan_backward says it fits, else
+    the compiled CUDA driver's step loop (level A) on the same saved activations; then the weight, bias and input
+    gradients as single GEMMs over all rows. Arguments and outputs as fused_rnn.autograd.sequence_backward's."""
+    spec = CELLS[cell]
+    (batch, hidden), dtype = h0.shape, input.dtype
+    if not plan_backward(cell, hidden, batch, dtype, device_limits(input.device)).fits:
+        return native.ops().sequence_backward(
+            cell,
+            grad_output,
+            grad_h_n,
+            grad_c_n,
+            input,
+            h0,
+            c0,
+            weight_ih,
+            weight_hh,
+            weight_hr,
+            output,
+            saved,
+            projection_input,
+            batch_sizes,
+            reverse,
+            needs_grad,
+        )
+    h_prev = previous_hidden(output, h0, batch_sizes, reverse)
+    grad_input_gates = input.new_empty(input.shape[0], weight_hh.shape[0])
+    # Only the GRU's gradients w.r.t. the input and hidden projections differ (n = tanh(x_n + r * h_n)).
+    grad_hidden_gates = torch.empty_like(grad_input_gates) if spec.is_gru else grad_input_gates
+    grad_h0 = torch.empty_like(h0)
+    grad_c0 = torch.empty_like(c0) if spec.has_cell_state else input.new_empty(0)
+    packed = None if batch_sizes is None else step_rows(tuple(batch_sizes), input.device)
+    grad_exchange = input.new_empty(2, batch, weight_hh.shape[0], dtype=torch.float32)
+    native.ops().persistent_backward(
+        cell,
+        saved,
+        grad_output,
+        grad_h_n,
+        grad_c_n,
+        h_prev if spec.is_gru else None,
+        weight_hh,
+        packed,
+        reverse,
+        grad_input_gates,
+        grad_hidden_gates,
+        grad_h0,
+        grad_c0,
+        grad_exchange,
+    )
+    compute = (  # in needs_grad's order; only those asked for run
+        lambda: torch.mm(grad_input_gates, weight_ih),
+        lambda: grad_h0,
+        lambda: grad_c0,
+        lambda: torch.mm(grad_input_gates.t(), input),
+        lambda: torch.mm(grad_hidden_gates.t(), h_prev),
+        lambda: grad_input_gates.sum(0),
+        lambda: grad_hidden_gates.sum(0),
+        lambda: input.new_empty(0),  # no projection: the persistent kernels refuse weight_hr
+    )
+    return tuple(
+        gradient() if needed else input.new_empty(0) for gradient, needed in zip(compute, needs_grad, strict=True)
+    )
