@@ -1,4 +1,4 @@
-"""Builds fused_rnn and its compiled kernels (csrc/) as the extension module fused_rnn._C; metadata is in pyproject.toml.
+"""Builds fused_rnn and its compiled kernels (csrc/) as the extension module fused_rnn._C (metadata: pyproject.toml).
 
 Environment:
     FUSED_RNN_SKIP_BUILD=1  install pure Python; the compiled kernels are then built on first use (ninja, cached),
@@ -6,6 +6,8 @@ Environment:
     FUSED_RNN_FORCE_CUDA=1  fail unless the CUDA kernels can be built.
     TORCH_CUDA_ARCH_LIST    GPUs to compile CUDA kernels for; default "8.0;9.0+PTX" (A100, H100/H200, PTX for newer).
     MAX_JOBS                parallel compile jobs (read by torch's BuildExtension); default 2, the CI machine's cores.
+    CUDA_HOME               the CUDA toolkit; default /usr/local/cuda when it has nvcc. The CUDA kernels are built when
+                            torch has CUDA and nvcc is found (no GPU needed), else the CPU kernels only.
 
 Install with `pip install --no-build-isolation ...` so the extension compiles against the torch already installed.
 """
@@ -28,34 +30,35 @@ def _native_build_settings():
     return module
 
 
-def _cuda_unavailable(torch) -> str | None:
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU-only build"
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    if CUDA_HOME is None:
-        return "nvcc was not found (set CUDA_HOME)"
-    return "the CUDA kernels are not written yet (csrc/ has only the CPU kernels)"
-
-
 def _extensions():
     if os.environ.get("FUSED_RNN_SKIP_BUILD") == "1":
         return [], {}
-    import torch
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    native = _native_build_settings()
+    # Before torch.utils.cpp_extension is imported: it reads $CUDA_HOME once, on import.
+    why_no_cuda = native.cuda_unbuildable()
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    why_no_cuda = _cuda_unavailable(torch)
     if os.environ.get("FUSED_RNN_FORCE_CUDA") == "1" and why_no_cuda is not None:
         raise RuntimeError(f"FUSED_RNN_FORCE_CUDA=1, but the CUDA kernels cannot be built: {why_no_cuda}")
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     os.environ.setdefault("MAX_JOBS", "2")
-    native = _native_build_settings()
-    extension = CppExtension(
-        "fused_rnn._C",
-        sources=[f"csrc/{source}" for source in native.SOURCES],
-        extra_compile_args={"cxx": native.cxx_flags()},
-        extra_link_args=native.link_flags(),
-    )
+    sources = [f"csrc/{source}" for source in native.SOURCES]
+    if why_no_cuda is not None:
+        print(f"fused_rnn: building the CPU kernels only: {why_no_cuda}")
+        extension = CppExtension(
+            "fused_rnn._C",
+            sources=sources,
+            extra_compile_args={"cxx": native.cxx_flags(with_cuda=False)},
+            extra_link_args=native.link_flags(),
+        )
+    else:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", native.DEFAULT_CUDA_ARCHS)
+        print(f"fused_rnn: building the CPU and CUDA kernels for {os.environ['TORCH_CUDA_ARCH_LIST']}")
+        extension = CUDAExtension(
+            "fused_rnn._C",
+            sources=sources + [f"csrc/{source}" for source in native.CUDA_SOURCES],
+            extra_compile_args={"cxx": native.cxx_flags(with_cuda=True), "nvcc": native.nvcc_flags()},
+            extra_link_args=native.link_flags(),
+        )
     return [extension], {"build_ext": BuildExtension}
 
 

@@ -1,4 +1,5 @@
-// The C++ sequence driver for one direction of one layer, and its registration as torch ops.
+// The C++ sequence driver for one direction of one layer, for CPU and CUDA tensors, and its registration as torch
+// ops.
 //
 // Same algorithm, inputs, outputs and saved layout as the Python driver (fused_rnn/backends/triton/sequence.py),
 // so fused_rnn/autograd.py's custom ops can call either and share one autograd formula:
@@ -6,11 +7,14 @@
 //   then the device's recurrent loop;
 // - backward: the device's loop walks the steps in reverse and writes the gate gradients of every row; the
 //   input, weight and bias gradients are then single GEMMs / sums over all rows. No atomics.
+// Only the recurrent loop differs by device: on CPU one parallel region for all steps (csrc/cpu/recurrence.cpp),
+// on CUDA a GEMM and a fused kernel per step (csrc/cuda/recurrence.cu, compiled when FUSED_RNN_WITH_CUDA is set).
 // The ops are fused_rnn_native::sequence_forward / sequence_backward; Python checks the arguments first
 // (fused_rnn/functional.py), the checks here only keep a direct call from reading out of bounds.
 #include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
@@ -45,11 +49,19 @@ CellSpec cell_spec(std::string_view cell) {
     return {CellKind::rnn_relu, 1, 0};
 }
 
-void check_tensor(const char* name, const Tensor& t, const Tensor& input, at::IntArrayRef shape) {
+void check_tensor(const char* name, const Tensor& t, const Tensor& input, at::IntArrayRef shape,
+                  std::optional<at::ScalarType> dtype = std::nullopt) {
     TORCH_CHECK(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == input.scalar_type() && t.device() == input.device(), name,
-                " must have input's dtype and device");
+    TORCH_CHECK(t.scalar_type() == dtype.value_or(input.scalar_type()) && t.device() == input.device(), name,
+                " must have dtype ", dtype.value_or(input.scalar_type()), " and input's device");
     TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// The dtype of the math and of what is carried or saved in it (the LSTM's cell state, the saved activations):
+// float32 for float16/bfloat16/float32 storage, float64 for float64, as the Triton driver's.
+at::ScalarType math_dtype(const Tensor& input) {
+    return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fused_rnn math_dtype",
+                                           [] { return c10::CppTypeToScalarType<at::opmath_type<scalar_t>>::value; });
 }
 
 SequenceShape sequence_shape(std::string_view cell, const Tensor& input, const Tensor& h0, const Tensor& weight_hh,
@@ -58,8 +70,10 @@ SequenceShape sequence_shape(std::string_view cell, const Tensor& input, const T
     const CellSpec spec = cell_spec(cell);
     TORCH_CHECK(input.dim() == 2 && h0.dim() == 2 && weight_hh.dim() == 2,
                 "input, h0 and weight_hh must be 2-D (rows, features)");
-    TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-                "the native kernels run float32 and float64, got ", input.scalar_type());
+    const bool cpu_dtype = input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble;
+    const bool cuda_dtype = cpu_dtype || input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
+    TORCH_CHECK(input.is_cuda() ? cuda_dtype : cpu_dtype, "the native kernels run float32 and float64 (and on CUDA ",
+                "float16 and bfloat16), got ", input.scalar_type(), " on ", input.device().type());
     SequenceShape shape;
     shape.cell = spec.kind;
     shape.gates = spec.gates;
@@ -106,6 +120,55 @@ Tensor previous_hidden(const SequenceShape& shape, const Tensor& output, const T
     return at::cat({output, h0}).index_select(0, at::tensor(index, output.options().dtype(at::kLong)));
 }
 
+// The CPU loop's raw pointers to the driver's tensors; returns h_n: for each b, the output row of the last step
+// (in visiting order) that b was active in.
+Tensor run_forward_cpu(const SequenceShape& shape, const ForwardTensors& tensors, bool save) {
+    AT_DISPATCH_FLOATING_TYPES(tensors.output.scalar_type(), "fused_rnn sequence_forward", [&] {
+        const auto pointer = [](const Tensor& t) { return t.defined() && t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
+        ForwardBuffers<scalar_t> buffers{};
+        buffers.input_gates = pointer(tensors.input_gates);
+        buffers.bias_hn = pointer(tensors.bias_hn);
+        buffers.weight_hh = pointer(tensors.weight_hh);
+        buffers.weight_hr = pointer(tensors.weight_hr);
+        buffers.h0 = pointer(tensors.h0);
+        buffers.cell_state = pointer(tensors.cell_state);
+        buffers.output = pointer(tensors.output);
+        buffers.saved = pointer(tensors.saved);
+        buffers.projection_input = pointer(tensors.projection_input);
+        buffers.projection_input_per_row = save;
+        recurrent_forward_cpu<scalar_t>(shape, buffers);
+    });
+    std::vector<int64_t> last_row(shape.batch);
+    for (const Step step : shape.steps) {
+        for (int64_t b = 0; b < step.active; ++b) last_row[b] = step.offset + b;
+    }
+    return tensors.output.index_select(0, at::tensor(last_row, tensors.output.options().dtype(at::kLong)));
+}
+
+std::tuple<Tensor, Tensor> run_backward_cpu(const SequenceShape& shape, const BackwardTensors& tensors,
+                                            const Tensor& h0) {
+    // The CPU loop carries the state gradients in place: grad_h_n / grad_c_n on entry, those of h0 / c0 on exit.
+    Tensor grad_h = tensors.grad_h_n.clone();
+    Tensor grad_c = tensors.grad_c_n.defined() ? tensors.grad_c_n.clone() : Tensor();
+    AT_DISPATCH_FLOATING_TYPES(tensors.output.scalar_type(), "fused_rnn sequence_backward", [&] {
+        const auto pointer = [](const Tensor& t) { return t.defined() && t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
+        BackwardBuffers<scalar_t> buffers{};
+        buffers.grad_output = pointer(tensors.grad_output);
+        buffers.grad_h = pointer(grad_h);
+        buffers.grad_c = pointer(grad_c);
+        buffers.h0 = pointer(h0);
+        buffers.output = pointer(tensors.output);
+        buffers.saved = pointer(tensors.saved);
+        buffers.weight_hh = pointer(tensors.weight_hh);
+        buffers.weight_hr = pointer(tensors.weight_hr);
+        buffers.grad_input_gates = pointer(tensors.grad_input_gates);
+        buffers.grad_hidden_gates = pointer(tensors.grad_hidden_gates);
+        buffers.grad_projected = pointer(tensors.grad_projected);
+        recurrent_backward_cpu<scalar_t>(shape, buffers);
+    });
+    return {grad_h, grad_c};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     std::string_view cell, const Tensor& input, const Tensor& h0, const std::optional<Tensor>& c0,
     const Tensor& weight_ih, const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
@@ -137,37 +200,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     }
 
     const auto options = input.options();
-    Tensor output = at::empty({N, H_out}, options);
-    Tensor c_n = lstm ? c0->clone() : at::empty({0}, options);
-    Tensor saved = at::empty({save && shape.saved_width ? N : 0, shape.saved_width * H}, options);
-    Tensor projection_input = at::empty({save && weight_hr ? N : 0, H}, options);
-    Tensor projection_scratch = weight_hr && !save ? at::empty({B, H}, options) : Tensor();
+    const auto math_options = options.dtype(math_dtype(input));
+    ForwardTensors tensors;
+    tensors.input_gates = input_gates;
+    if (gru && bias_hh) tensors.bias_hn = bias_hh->slice(0, 2 * H);
+    tensors.weight_hh = weight_hh;
+    if (weight_hr) tensors.weight_hr = *weight_hr;
+    tensors.h0 = h0;
+    tensors.cell_state = lstm ? c0->to(math_options.dtype(), /*non_blocking=*/false, /*copy=*/true) : Tensor();
+    tensors.output = at::empty({N, H_out}, options);
+    tensors.saved = at::empty({save && shape.saved_width ? N : 0, shape.saved_width * H}, math_options);
+    tensors.projection_input = at::empty({weight_hr ? (save ? N : B) : 0, H}, options);
 
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fused_rnn sequence_forward", [&] {
-        ForwardBuffers<scalar_t> buffers{};
-        buffers.input_gates = input_gates.const_data_ptr<scalar_t>();
-        buffers.bias_hn = gru && bias_hh ? bias_hh->const_data_ptr<scalar_t>() + 2 * H : nullptr;
-        buffers.weight_hh = weight_hh.const_data_ptr<scalar_t>();
-        buffers.weight_hr = weight_hr ? weight_hr->const_data_ptr<scalar_t>() : nullptr;
-        buffers.h0 = h0.const_data_ptr<scalar_t>();
-        buffers.cell_state = lstm ? c_n.mutable_data_ptr<scalar_t>() : nullptr;
-        buffers.output = output.mutable_data_ptr<scalar_t>();
-        buffers.saved = saved.size(0) ? saved.mutable_data_ptr<scalar_t>() : nullptr;
-        if (weight_hr) {
-            buffers.projection_input_per_row = save;
-            buffers.projection_input = (save ? projection_input : projection_scratch).mutable_data_ptr<scalar_t>();
-        }
-        TORCH_CHECK(input.is_cpu(), "fused_rnn's native kernels for ", input.device().type(), " are not built");
-        recurrent_forward_cpu<scalar_t>(shape, buffers);
-    });
-
-    // h_n[b]: the output row of the last step (in visiting order) that b was active in.
-    std::vector<int64_t> last_row(B);
-    for (const Step step : shape.steps) {
-        for (int64_t b = 0; b < step.active; ++b) last_row[b] = step.offset + b;
-    }
-    Tensor h_n = output.index_select(0, at::tensor(last_row, options.dtype(at::kLong)));
-    return {output, h_n, c_n, saved, projection_input};
+#ifdef FUSED_RNN_WITH_CUDA
+    const Tensor h_n = input.is_cuda() ? recurrent_forward_cuda(shape, tensors) : run_forward_cpu(shape, tensors, save);
+#else  // only the CPU kernels are registered: no CUDA tensor gets here
+    const Tensor h_n = run_forward_cpu(shape, tensors, save);
+#endif
+    const Tensor c_n = lstm ? tensors.cell_state.to(input.scalar_type()) : at::empty({0}, options);
+    // The projection's input is an output only when saved for the backward; otherwise it was scratch.
+    const Tensor projection_input = save ? tensors.projection_input : at::empty({0, H}, options);
+    return {tensors.output, h_n, c_n, tensors.saved, projection_input};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
@@ -183,7 +236,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     check_tensor("grad_output", grad_output, input, {N, H_out});
     check_tensor("grad_h_n", grad_h_n, input, {B, H_out});
     check_tensor("output", output, input, {N, H_out});
-    check_tensor("saved", saved, input, {shape.saved_width ? N : 0, shape.saved_width * H});
+    check_tensor("saved", saved, input, {shape.saved_width ? N : 0, shape.saved_width * H}, math_dtype(input));
     check_tensor("weight_hh", weight_hh, input, {G * H, H_out});
     check_tensor("h0", h0, input, {B, H_out});
     TORCH_CHECK(grad_c_n.has_value() == lstm, "grad_c_n must be given for the LSTM and only for it");
@@ -194,42 +247,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     }
 
     const auto options = input.options();
-    Tensor grad_input_gates = at::empty({N, G * H}, options);
+    BackwardTensors tensors;
+    tensors.grad_output = grad_output;
+    tensors.grad_h_n = grad_h_n;
+    if (lstm) tensors.grad_c_n = *grad_c_n;
+    tensors.output = output;
+    tensors.saved = saved;
+    tensors.weight_hh = weight_hh;
+    if (weight_hr) tensors.weight_hr = *weight_hr;
+    // W_hh's gradient needs it, and the CUDA GRU step kernel reads it; the CPU loop finds h in place.
+    if (needs_grad.get(4) || (gru && input.is_cuda())) tensors.previous_hidden = previous_hidden(shape, output, h0);
+    tensors.grad_input_gates = at::empty({N, G * H}, options);
     // Only the GRU's gradients of the input and hidden projections differ (n = tanh(x_n + r * h_n)).
-    Tensor grad_hidden_gates = gru ? at::empty({N, G * H}, options) : grad_input_gates;
-    Tensor grad_h = grad_h_n.clone();
-    Tensor grad_c = lstm ? grad_c_n->clone() : Tensor();
-    Tensor grad_projected = weight_hr ? at::empty({N, H_out}, options) : Tensor();
+    tensors.grad_hidden_gates = gru ? at::empty({N, G * H}, options) : tensors.grad_input_gates;
+    if (weight_hr) tensors.grad_projected = at::empty({N, H_out}, options);
 
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fused_rnn sequence_backward", [&] {
-        BackwardBuffers<scalar_t> buffers{};
-        buffers.grad_output = grad_output.const_data_ptr<scalar_t>();
-        buffers.grad_h = grad_h.mutable_data_ptr<scalar_t>();
-        buffers.grad_c = lstm ? grad_c.mutable_data_ptr<scalar_t>() : nullptr;
-        buffers.h0 = h0.const_data_ptr<scalar_t>();
-        buffers.output = output.const_data_ptr<scalar_t>();
-        buffers.saved = saved.const_data_ptr<scalar_t>();
-        buffers.weight_hh = weight_hh.const_data_ptr<scalar_t>();
-        buffers.weight_hr = weight_hr ? weight_hr->const_data_ptr<scalar_t>() : nullptr;
-        buffers.grad_input_gates = grad_input_gates.mutable_data_ptr<scalar_t>();
-        buffers.grad_hidden_gates = grad_hidden_gates.mutable_data_ptr<scalar_t>();
-        buffers.grad_projected = weight_hr ? grad_projected.mutable_data_ptr<scalar_t>() : nullptr;
-        TORCH_CHECK(input.is_cpu(), "fused_rnn's native kernels for ", input.device().type(), " are not built");
-        recurrent_backward_cpu<scalar_t>(shape, buffers);
-    });
+#ifdef FUSED_RNN_WITH_CUDA
+    const auto [grad_h0, grad_c0] =
+        input.is_cuda() ? recurrent_backward_cuda(shape, tensors) : run_backward_cpu(shape, tensors, h0);
+#else
+    const auto [grad_h0, grad_c0] = run_backward_cpu(shape, tensors, h0);
+#endif
 
     // In needs_grad's order: input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; only those asked for.
+    const Tensor& grad_input_gates = tensors.grad_input_gates;
+    const Tensor& grad_hidden_gates = tensors.grad_hidden_gates;
     const auto none = [&] { return at::empty({0}, options); };
     const auto wanted = [&](int i, auto compute) { return needs_grad.get(i) ? compute() : none(); };
     return {
         wanted(0, [&] { return at::mm(grad_input_gates, weight_ih); }),
-        wanted(1, [&] { return grad_h; }),
-        wanted(2, [&] { return grad_c; }),
+        wanted(1, [&] { return grad_h0; }),
+        wanted(2, [&] { return grad_c0; }),
         wanted(3, [&] { return at::mm(grad_input_gates.t(), input); }),
-        wanted(4, [&] { return at::mm(grad_hidden_gates.t(), previous_hidden(shape, output, h0)); }),
+        wanted(4, [&] { return at::mm(grad_hidden_gates.t(), tensors.previous_hidden); }),
         wanted(5, [&] { return grad_input_gates.sum(0); }),
         wanted(6, [&] { return grad_hidden_gates.sum(0); }),
-        wanted(7, [&] { return at::mm(grad_projected.t(), projection_input); }),
+        wanted(7, [&] { return at::mm(tensors.grad_projected.t(), projection_input); }),
     };
 }
 
@@ -253,6 +306,14 @@ TORCH_LIBRARY_IMPL(fused_rnn_native, CPU, m) {
     m.impl("sequence_backward", &fused_rnn::sequence_backward);
 }
 
+#ifdef FUSED_RNN_WITH_CUDA
+// The same driver serves CUDA tensors: only its recurrent loop differs by device.
+TORCH_LIBRARY_IMPL(fused_rnn_native, CUDA, m) {
+    m.impl("sequence_forward", &fused_rnn::sequence_forward);
+    m.impl("sequence_backward", &fused_rnn::sequence_backward);
+}
+#endif
+
 // A Python module with nothing in it: importing it loads the library, whose static initialisers register the ops
 // above (torch.ops.fused_rnn_native). Plain C API rather than pybind11, which would add a minute to the build.
 #define FUSED_RNN_CONCAT(a, b) a##b
@@ -264,4 +325,17 @@ static PyModuleDef fused_rnn_module = {
     PyModuleDef_HEAD_INIT, FUSED_RNN_NAME(TORCH_EXTENSION_NAME),
     "fused_rnn's compiled kernels; they are the torch ops torch.ops.fused_rnn_native.*", -1, nullptr};
 
-PyMODINIT_FUNC FUSED_RNN_MODULE_INIT(TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&fused_rnn_module); }
+// with_cuda tells Python whether this build has the CUDA kernels (fused_rnn.backends.native.built_with_cuda).
+PyMODINIT_FUNC FUSED_RNN_MODULE_INIT(TORCH_EXTENSION_NAME)(void) {
+    PyObject* module = PyModule_Create(&fused_rnn_module);
+#ifdef FUSED_RNN_WITH_CUDA
+    constexpr long with_cuda = 1;
+#else
+    constexpr long with_cuda = 0;
+#endif
+    if (module != nullptr && PyModule_AddIntConstant(module, "with_cuda", with_cuda) != 0) {
+        Py_DECREF(module);
+        return nullptr;
+    }
+    return module;
+}

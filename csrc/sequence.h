@@ -1,9 +1,14 @@
 // What the C++ sequence driver (csrc/sequence.cpp) hands to a device's recurrent loop: the shape of one
-// direction of one layer, the order its time steps run in, and raw pointers to contiguous buffers laid out as
-// in fused_rnn/cells.py (so the saved activations match the Triton driver's, and either backward reads them).
+// direction of one layer, the order its time steps run in, and contiguous buffers laid out as in
+// fused_rnn/cells.py (so the saved activations match the Triton driver's, and either backward reads them).
+// The CPU loop takes raw pointers (it is one parallel region with no ATen call inside); the CUDA loop takes the
+// tensors, since each of its steps runs ATen GEMMs.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 namespace fused_rnn {
@@ -62,5 +67,26 @@ template <typename scalar_t>
 void recurrent_forward_cpu(const SequenceShape& shape, const ForwardBuffers<scalar_t>& buffers);
 template <typename scalar_t>
 void recurrent_backward_cpu(const SequenceShape& shape, const BackwardBuffers<scalar_t>& buffers);
+
+// The same buffers as tensors, for the CUDA recurrence (csrc/cuda/recurrence.cu). Storage dtype is the input's
+// (fp16/bf16/fp32/fp64); cell_state and saved are in the math dtype (fp32, or fp64 for fp64) as the Triton
+// driver keeps them. An absent optional tensor is undefined.
+struct ForwardTensors {
+    at::Tensor input_gates, bias_hn, weight_hh, weight_hr, h0;
+    at::Tensor cell_state;        // [B, H] math dtype: c0 on entry, c_n on exit (LSTM)
+    at::Tensor output, saved;
+    at::Tensor projection_input;  // [N, H] when saved for the backward, else [B, H] scratch (projected LSTM)
+};
+
+struct BackwardTensors {
+    at::Tensor grad_output, grad_h_n, grad_c_n, output, saved, weight_hh, weight_hr;
+    at::Tensor previous_hidden;  // [N, H_out] the h each row's step started from (read by the GRU's gate math)
+    at::Tensor grad_input_gates, grad_hidden_gates, grad_projected;  // written, as in BackwardBuffers
+};
+
+// The CUDA recurrence: per step one cuBLAS GEMM (at::mm_out) and one fused step kernel on the current stream.
+// Forward returns h_n; backward returns the gradients of h0 and c0 (c0's undefined without a cell state).
+at::Tensor recurrent_forward_cuda(const SequenceShape& shape, const ForwardTensors& tensors);
+std::tuple<at::Tensor, at::Tensor> recurrent_backward_cuda(const SequenceShape& shape, const BackwardTensors& tensors);
 
 }  // namespace fused_rnn

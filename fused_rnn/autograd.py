@@ -22,9 +22,9 @@ def _triton_sequence():
 
 
 def _driver(backend: str):
-    """The sequence driver of `backend`: the Python one of the Triton kernels, or the C++ one of csrc/ ("cpu"),
-    which takes the same arguments and returns the same outputs, saved activations included."""
-    if backend == "cpu":
+    """The sequence driver of `backend`: the Python one of the Triton kernels, or the C++ one of csrc/ ("cpu",
+    "cuda"), which takes the same arguments and returns the same outputs, saved activations included."""
+    if backend in ("cpu", "cuda"):
         from fused_rnn.backends import native
 
         return native.ops()
@@ -62,7 +62,7 @@ def sequence_forward(
         batch_sizes: active rows per step for packed input, None for N = T * B padded rows.
         reverse: run from the last step to the first.
         save: keep what the backward needs.
-        backend: whose driver runs it, "triton" or "cpu" (the compiled kernels of csrc/).
+        backend: whose driver runs it, "triton", or "cpu" / "cuda" (the compiled kernels of csrc/).
 
     Returns:
         output (N, H_out), h_n (B, H_out), c_n (B, H) or empty, then the saved activations and the

@@ -38,7 +38,7 @@ def lstm(
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
         reverse: run from the last time step to the first (the backward direction of a
             bidirectional layer).
-        backend: "auto", "triton", "cpu", "torch" or "reference" (see fused_rnn.available_backends()).
+        backend: "auto", "triton", "cuda", "cpu", "torch" or "reference" (see fused_rnn.available_backends()).
 
     Returns:
         output (T, B, H_out) or (N, H_out), and (h_n, c_n) as in hx.

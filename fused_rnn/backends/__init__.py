@@ -5,8 +5,11 @@
   Triton interpreter when TRITON_INTERPRET=1 was set before fused_rnn was imported (slow; for tests).
 - "torch": torch.nn's own recurrent kernels (fused_rnn.backends.torch_rnn): oneDNN on CPU, cuDNN on GPU.
 - "cpu": the compiled whole-sequence CPU kernels of csrc/ (fused_rnn.backends.native), float32 and float64.
+- "cuda": the compiled CUDA kernels of csrc/ on CUDA tensors: the C++ driver runs a cuBLAS GEMM and one fused
+  step kernel per step, with no Python per step; float16, bfloat16, float32, float64.
 
-"auto" picks, on CUDA, "triton" (the reference where Triton cannot run); on CPU "cpu" for the shapes where the
+"auto" picks, on CUDA, "triton" (the reference where Triton cannot run; "cuda" is not picked until GPU measurements
+of it are committed); on CPU "cpu" for the shapes where the
 committed measurements (benchmarks/results/cpu_native/cpu.md) show it faster than torch.nn, else "torch", which on CPU
 is 2-18x faster than the reference (benchmarks/results/cpu.md) and keeps double backward and torch.compile.
 """
@@ -19,7 +22,7 @@ import torch
 
 from fused_rnn.backends import native
 
-NAMES = ("auto", "triton", "cpu", "torch", "reference")
+NAMES = ("auto", "triton", "cuda", "cpu", "torch", "reference")
 NATIVE_CPU_DTYPES = (torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
@@ -55,6 +58,23 @@ def _native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | N
     if dtype not in NATIVE_CPU_DTYPES:
         return f"dtype {dtype} is not supported (float32 and float64 are)"
     return native.unavailable()
+
+
+def _native_cuda_unavailable(device: torch.device | None, dtype: torch.dtype) -> str | None:
+    """Why the compiled CUDA kernels cannot run a call on `device`/`dtype` (None: whether they run here at all)."""
+    reason = native.unavailable()
+    if reason is not None:
+        return reason
+    if not native.built_with_cuda():
+        why = native.cuda_unbuildable()
+        return f"the compiled extension was built without CUDA{f' ({why})' if why else ''}; reinstall with nvcc"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    if device is not None and device.type != "cuda":
+        return f"it runs CUDA tensors only, got {device.type}"
+    if dtype not in TRITON_DTYPES:
+        return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
+    return None
 
 
 # The largest batch up to which "cpu" took at most 0.9x torch.nn's time (a margin over this machine's noise) in
@@ -97,6 +117,11 @@ def available_backends() -> dict[str, str]:
         status["cpu"] = "available: compiled whole-sequence kernels on CPU tensors, float32 and float64"
     else:
         status["cpu"] = f"unavailable: {reason}"
+    reason = _native_cuda_unavailable(None, torch.float32)
+    if reason is None:
+        status["cuda"] = f"available on CUDA ({torch.cuda.get_device_name()}): compiled step kernels, C++ step loop"
+    else:
+        status["cuda"] = f"unavailable: {reason}"
     reason = _triton_unavailable(torch.device("cuda" if cuda else "cpu"))
     if reason is not None:
         status["triton"] = f"unavailable: {reason}"
@@ -134,6 +159,11 @@ def resolve(
         reason = _native_cpu_unavailable(device, dtype)
         if reason is not None:
             raise ValueError(f"backend='cpu' cannot run here: {reason}")
+        return backend
+    if backend == "cuda":
+        reason = _native_cuda_unavailable(device, dtype)
+        if reason is not None:
+            raise ValueError(f"backend='cuda' cannot run here: {reason}")
         return backend
     reason = _triton_unavailable(device)
     if reason is None and dtype not in TRITON_DTYPES:

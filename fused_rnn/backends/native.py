@@ -3,9 +3,10 @@
 The installed package normally carries them as the extension module `fused_rnn._C` (built by setup.py). When it
 does not (installed with FUSED_RNN_SKIP_BUILD=1, or a failed build), they are compiled once from csrc/ with
 torch.utils.cpp_extension.load (ninja; cached under torch's extensions directory, so later processes load them in
-a second). When neither works, `unavailable()` says why and the Python backends keep working.
+a second). Either build includes the CUDA kernels when torch has CUDA and nvcc is found (`cuda_unbuildable()`).
+When neither works, `unavailable()` says why and the Python backends keep working.
 
-setup.py reads SOURCES and the compiler flags from here, so both builds compile the same thing.
+setup.py reads the sources and the compiler flags from here, so both builds compile the same thing.
 """
 
 import os
@@ -17,16 +18,50 @@ import torch
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = ("sequence.cpp", "cpu/recurrence.cpp")
+CUDA_SOURCES = ("cuda/recurrence.cu",)
 JIT_NAME = "fused_rnn_native"
+# A100 (8.0) and H100/H200 (9.0), plus PTX that newer GPUs compile when loading.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+# Where this project's machines have the CUDA toolkit: the nvcc on PATH there is a wrapper script, from which
+# torch would guess /usr/local and then fail to link the CUDA runtime.
+STANDARD_CUDA_HOME = Path("/usr/local/cuda")
 
 
-def cxx_flags() -> list[str]:
+def cuda_home() -> str | None:
+    """The CUDA toolkit to build with: $CUDA_HOME (or $CUDA_PATH), else /usr/local/cuda when it has nvcc."""
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    return str(STANDARD_CUDA_HOME) if (STANDARD_CUDA_HOME / "bin/nvcc").exists() else None
+
+
+def cuda_unbuildable() -> str | None:
+    """Why the CUDA kernels cannot be compiled here, or None when they can (torch has CUDA and nvcc is found).
+
+    Sets $CUDA_HOME for torch.utils.cpp_extension, which reads it when first imported; no GPU is needed."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    home = cuda_home()
+    if home is None or not (Path(home) / "bin/nvcc").exists():
+        return "nvcc was not found (set CUDA_HOME to the CUDA toolkit)"
+    os.environ["CUDA_HOME"] = home
+    return None
+
+
+def cxx_flags(with_cuda: bool) -> list[str]:
     """Compiler flags of the C++ sources: optimised, OpenMP (the CPU kernel's one parallel region, on the same
-    libgomp torch loads), and on x86-64 AVX2 + FMA so at::vec::Vectorized uses 8-wide float vectors and SLEEF."""
+    libgomp torch loads), and on x86-64 AVX2 + FMA so at::vec::Vectorized uses 8-wide float vectors and SLEEF.
+    with_cuda: the driver also registers the CUDA kernels."""
     flags = ["-O3", "-fopenmp"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    return flags
+    return flags + ["-DFUSED_RNN_WITH_CUDA"] if with_cuda else flags
+
+
+def nvcc_flags() -> list[str]:
+    """nvcc flags of the CUDA sources. No --use_fast_math: its approximate expf/tanhf would give up the relative
+    precision near 0 that the shared cell math keeps (tests/test_native_sequence.py, small signals)."""
+    return ["-O3", "-DFUSED_RNN_WITH_CUDA"]
 
 
 def link_flags() -> list[str]:
@@ -45,10 +80,11 @@ def cpu_unsupported() -> str | None:
 
 _reason: str | None = None
 _loaded = False
+_module = None  # the loaded extension module
 
 
 def unavailable() -> str | None:
-    """Why the compiled kernels cannot be used in this process, or None once they are loaded (building them if needed)."""
+    """Why the compiled kernels cannot be used in this process, or None once they are loaded (built if needed)."""
     global _loaded, _reason
     if not _loaded:
         _loaded = True
@@ -64,6 +100,11 @@ def ops():
     return torch.ops.fused_rnn_native
 
 
+def built_with_cuda() -> bool:
+    """Whether the loaded kernels were compiled with their CUDA half (False when they are not loaded)."""
+    return unavailable() is None and bool(_module.with_cuda)
+
+
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether the loaded kernels registered `op` ("sequence_forward"/"sequence_backward") for `device_type`."""
     return unavailable() is None and torch._C._dispatch_has_kernel_for_dispatch_key(
@@ -72,25 +113,32 @@ def has_kernel(op: str, device_type: str) -> bool:
 
 
 def _load() -> str | None:
+    global _module
     try:
-        import fused_rnn._C  # noqa: F401  (importing it registers the ops)
+        import fused_rnn._C  # importing it registers the ops
 
+        _module = fused_rnn._C
         return None
     except ImportError as error:
         installed_error = str(error)
-    if not all((CSRC / source).exists() for source in SOURCES):
+    with_cuda = cuda_unbuildable() is None
+    sources = SOURCES + CUDA_SOURCES if with_cuda else SOURCES
+    if not all((CSRC / source).exists() for source in sources):
         return f"the package has no compiled extension ({installed_error}) and no csrc/ sources to build it from"
     try:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         from torch.utils.cpp_extension import load
 
         print(
-            "fused_rnn: loading the native kernels from csrc/ (compiled on first use, then cached by torch.utils.cpp_extension)",
+            f"fused_rnn: loading the native kernels ({'CPU and CUDA' if with_cuda else 'CPU'}) from csrc/ "
+            "(compiled on first use, then cached by torch.utils.cpp_extension)",
             file=sys.stderr,
         )
-        load(
-            name=JIT_NAME,
-            sources=[str(CSRC / source) for source in SOURCES],
-            extra_cflags=cxx_flags(),
+        _module = load(
+            name=JIT_NAME + ("_cuda" if with_cuda else ""),
+            sources=[str(CSRC / source) for source in sources],
+            extra_cflags=cxx_flags(with_cuda),
+            extra_cuda_cflags=nvcc_flags(),
             extra_ldflags=link_flags(),
             verbose=os.environ.get("FUSED_RNN_VERBOSE_BUILD") == "1",
         )

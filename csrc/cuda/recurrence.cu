@@ -1,0 +1,290 @@
+// The recurrent part of a sequence on CUDA, forward and backward (DESIGN.md, "How a sequence runs", level A):
+// per time step one cuBLAS GEMM through ATen (at::mm_out, h W_hh^T forward, dgates W_hh backward) and ONE fused
+// step kernel for all the pointwise work, both on the current stream; the input projection before the loop and
+// the weight gradients after it are the driver's (csrc/sequence.cpp). No atomics: results are bit-for-bit
+// deterministic.
+//
+// The step kernels are thin wrappers: one thread per (active row, hidden unit) loads its operands, calls the
+// shared math of csrc/cell_math.h (which the CPU kernel and its tests run too) and stores the results, so only
+// the launch configuration is left for a GPU to test. Storage is fp16/bf16/fp32/fp64; the math runs in fp32
+// (fp64 for fp64). What is carried from step to step beyond h stays in that math dtype, as in the Triton driver
+// (fused_rnn/backends/triton/sequence.py): the LSTM's c and dc, and the GRU's gradient through h' = z * h + ....
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "../cell_math.h"
+#include "../sequence.h"
+
+namespace fused_rnn {
+namespace {
+
+using at::Tensor;
+
+constexpr int kThreadsPerBlock = 256;
+
+template <CellKind C>
+constexpr int gate_count() {
+    return C == CellKind::lstm ? 4 : C == CellKind::gru ? 3 : 1;
+}
+
+// Blocks of H activations saved per row for the backward, as fused_rnn/cells.py.
+template <CellKind C>
+constexpr int saved_width() {
+    return C == CellKind::lstm ? 5 : C == CellKind::gru ? 4 : 0;
+}
+
+// One step's operands, rows already offset to the step's first row (state buffers [B, ·] start at row 0).
+// T: storage type; M: math type.
+template <typename T, typename M>
+struct ForwardStep {
+    const T* input_gates;   // [active, G*H] x W_ih^T + b_ih + b_hh (GRU: without b_hn)
+    const T* hidden_gates;  // [active, G*H] h W_hh^T
+    const T* bias_hn;       // [H] the GRU's b_hn, or null
+    T* h;                   // [B, H] hidden state: GRU reads h from it; h' is written when write_h
+    M* c;                   // [B, H] LSTM cell state: c read, c' written
+    T* out;                 // [active, H] h' (before the projection when the layer has one)
+    M* saved;               // [active, saved_width * H] activations for the backward, or null
+    int64_t active, hidden;
+    bool write_h;
+};
+
+template <typename T, typename M, CellKind C>
+__global__ void forward_step_kernel(const ForwardStep<T, M> step) {
+    const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t H = step.hidden;
+    if (index >= step.active * H) return;
+    const int64_t b = index / H, u = index % H;
+    constexpr int G = gate_count<C>();
+    const T* xg = step.input_gates + b * G * H + u;
+    const T* hg = step.hidden_gates + b * G * H + u;
+    const auto pre = [&](int gate) { return static_cast<M>(xg[gate * H]) + static_cast<M>(hg[gate * H]); };
+    M* saved = step.saved ? step.saved + b * saved_width<C>() * H + u : nullptr;
+    M h_new;
+    if constexpr (C == CellKind::lstm) {  // saved: i, f, g, o, c_prev
+        const M c_prev = step.c[b * H + u];
+        const LstmForward<M> s = lstm_forward<M>(pre(0), pre(1), pre(2), pre(3), c_prev);
+        step.c[b * H + u] = s.c;
+        if (saved) {
+            saved[0] = s.i;
+            saved[H] = s.f;
+            saved[2 * H] = s.g;
+            saved[3 * H] = s.o;
+            saved[4 * H] = c_prev;
+        }
+        h_new = s.h;
+    } else if constexpr (C == CellKind::gru) {  // saved: r, z, n, h W_hn^T + b_hn
+        M h_n = static_cast<M>(hg[2 * H]);
+        if (step.bias_hn) h_n += static_cast<M>(step.bias_hn[u]);
+        const GruForward<M> s =
+            gru_forward<M>(pre(0), pre(1), static_cast<M>(xg[2 * H]), h_n, static_cast<M>(step.h[b * H + u]));
+        if (saved) {
+            saved[0] = s.r;
+            saved[H] = s.z;
+            saved[2 * H] = s.n;
+            saved[3 * H] = h_n;
+        }
+        h_new = s.h;
+    } else {
+        h_new = rnn_forward<M>(pre(0), C == CellKind::rnn_relu);
+    }
+    const T h_stored = static_cast<T>(h_new);
+    step.out[b * H + u] = h_stored;
+    if (step.write_h) step.h[b * H + u] = h_stored;
+}
+
+template <typename T, typename M>
+struct BackwardStep {
+    const T* grad_h;       // [B, H] gradient reaching h' through W_hh (through W_hr when projected)
+    const T* grad_output;  // [active, H] gradient of this step's output, added to grad_h; null when projected
+    M* carry;              // [B, H] LSTM: dc; GRU: the gradient reaching h' directly (z * dh); read, then replaced
+    const M* saved;        // [active, saved_width * H]
+    const T* h_prev;       // [active, H] h this step started from (GRU)
+    const T* out;          // [active, H] h' (RNN)
+    T* grad_input_gates;   // [active, G*H]
+    T* grad_hidden_gates;  // [active, G*H] the GRU's; the same buffer as grad_input_gates otherwise
+    int64_t active, hidden;
+};
+
+template <typename T, typename M, CellKind C>
+__global__ void backward_step_kernel(const BackwardStep<T, M> step) {
+    const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t H = step.hidden;
+    if (index >= step.active * H) return;
+    const int64_t b = index / H, u = index % H;
+    constexpr int G = gate_count<C>();
+    M dh = static_cast<M>(step.grad_h[b * H + u]);
+    if (step.grad_output) dh += static_cast<M>(step.grad_output[b * H + u]);
+    T* dgx = step.grad_input_gates + b * G * H + u;
+    if constexpr (C == CellKind::lstm) {
+        const M* saved = step.saved + b * saved_width<C>() * H + u;
+        const LstmBackward<M> d =
+            lstm_backward<M>(saved[0], saved[H], saved[2 * H], saved[3 * H], saved[4 * H], dh, step.carry[b * H + u]);
+        dgx[0] = static_cast<T>(d.pre_i);
+        dgx[H] = static_cast<T>(d.pre_f);
+        dgx[2 * H] = static_cast<T>(d.pre_g);
+        dgx[3 * H] = static_cast<T>(d.pre_o);
+        step.carry[b * H + u] = d.c_prev;
+    } else if constexpr (C == CellKind::gru) {
+        const M* saved = step.saved + b * saved_width<C>() * H + u;
+        dh += step.carry[b * H + u];
+        const GruBackward<M> d =
+            gru_backward<M>(saved[0], saved[H], saved[2 * H], saved[3 * H], static_cast<M>(step.h_prev[b * H + u]), dh);
+        T* dgh = step.grad_hidden_gates + b * G * H + u;
+        dgx[0] = dgh[0] = static_cast<T>(d.pre_r);
+        dgx[H] = dgh[H] = static_cast<T>(d.pre_z);
+        dgx[2 * H] = static_cast<T>(d.x_n);
+        dgh[2 * H] = static_cast<T>(d.h_n);
+        step.carry[b * H + u] = d.h_prev;
+    } else {
+        dgx[0] = static_cast<T>(rnn_backward<M>(static_cast<M>(step.out[b * H + u]), dh, C == CellKind::rnn_relu));
+    }
+}
+
+unsigned int blocks_for(int64_t threads) {
+    return static_cast<unsigned int>((threads + kThreadsPerBlock - 1) / kThreadsPerBlock);
+}
+
+template <typename T, typename M>
+void launch_forward(CellKind cell, const ForwardStep<T, M>& step) {
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const unsigned int blocks = blocks_for(step.active * step.hidden);
+    switch (cell) {
+        case CellKind::lstm:
+            forward_step_kernel<T, M, CellKind::lstm><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
+            break;
+        case CellKind::gru:
+            forward_step_kernel<T, M, CellKind::gru><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
+            break;
+        case CellKind::rnn_tanh:
+            forward_step_kernel<T, M, CellKind::rnn_tanh><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
+            break;
+        case CellKind::rnn_relu:
+            forward_step_kernel<T, M, CellKind::rnn_relu><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
+            break;
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, typename M>
+void launch_backward(CellKind cell, const BackwardStep<T, M>& step) {
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const unsigned int blocks = blocks_for(step.active * step.hidden);
+    switch (cell) {
+        case CellKind::lstm:
+            backward_step_kernel<T, M, CellKind::lstm><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
+            break;
+        case CellKind::gru:
+            backward_step_kernel<T, M, CellKind::gru><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
+            break;
+        case CellKind::rnn_tanh:
+            backward_step_kernel<T, M, CellKind::rnn_tanh><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
+            break;
+        case CellKind::rnn_relu:
+            backward_step_kernel<T, M, CellKind::rnn_relu><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
+            break;
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename P>
+P* pointer_or_null(const Tensor& t) {
+    return t.defined() && t.numel() ? t.data_ptr<P>() : nullptr;
+}
+
+}  // namespace
+
+Tensor recurrent_forward_cuda(const SequenceShape& shape, const ForwardTensors& tensors) {
+    const c10::cuda::CUDAGuard device_guard(tensors.output.device());
+    const int64_t B = shape.batch, H = shape.hidden, G = shape.gates, SW = shape.saved_width;
+    const bool save = tensors.saved.numel() > 0;
+    const bool projection_per_row = shape.projected && tensors.projection_input.size(0) != B;
+    // The running hidden state: each step's GEMM reads the prefix of rows it has active. At the end it is h_n.
+    Tensor h = tensors.h0.clone();
+    Tensor hidden_gates = at::empty({B, G * H}, tensors.output.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tensors.output.scalar_type(), "fused_rnn forward_cuda",
+                                    [&] {
+        using M = at::opmath_type<scalar_t>;
+        for (const Step s : shape.steps) {
+            Tensor gates = hidden_gates.narrow(0, 0, s.active);
+            at::mm_out(gates, h.narrow(0, 0, s.active), tensors.weight_hh.t());
+            Tensor step_output = !shape.projected  ? tensors.output.narrow(0, s.offset, s.active)
+                                 : projection_per_row ? tensors.projection_input.narrow(0, s.offset, s.active)
+                                                      : tensors.projection_input.narrow(0, 0, s.active);
+            ForwardStep<scalar_t, M> step{};
+            step.input_gates = tensors.input_gates.data_ptr<scalar_t>() + s.offset * G * H;
+            step.hidden_gates = gates.data_ptr<scalar_t>();
+            step.bias_hn = pointer_or_null<scalar_t>(tensors.bias_hn);
+            step.h = h.data_ptr<scalar_t>();
+            step.c = pointer_or_null<M>(tensors.cell_state);
+            step.out = step_output.data_ptr<scalar_t>();
+            step.saved = save ? tensors.saved.data_ptr<M>() + s.offset * SW * H : nullptr;
+            step.active = s.active;
+            step.hidden = H;
+            step.write_h = !shape.projected;
+            launch_forward(shape.cell, step);
+            if (shape.projected) {
+                Tensor projected = tensors.output.narrow(0, s.offset, s.active);
+                at::mm_out(projected, step_output, tensors.weight_hr.t());
+                h.narrow(0, 0, s.active).copy_(projected);
+            }
+        }
+    });
+    return h;
+}
+
+std::tuple<Tensor, Tensor> recurrent_backward_cuda(const SequenceShape& shape, const BackwardTensors& tensors) {
+    const c10::cuda::CUDAGuard device_guard(tensors.output.device());
+    const int64_t B = shape.batch, H = shape.hidden, G = shape.gates, SW = shape.saved_width;
+    const bool lstm = shape.cell == CellKind::lstm, gru = shape.cell == CellKind::gru;
+    const auto options = tensors.output.options();
+    const auto math_options = options.dtype(tensors.saved.scalar_type());
+    // dh: what reaches h through W_hh, one GEMM's output per step. The carry (math dtype) holds the LSTM's dc, or
+    // the GRU's gradient through h' = z * h + ..., which starts as the whole gradient of h_n.
+    Tensor dh = gru ? at::zeros_like(tensors.grad_h_n) : tensors.grad_h_n.clone();
+    Tensor carry = lstm  ? tensors.grad_c_n.to(math_options.dtype(), false, true)
+                   : gru ? tensors.grad_h_n.to(math_options.dtype(), false, true)
+                         : Tensor();
+    Tensor grad_projection_input = shape.projected ? at::empty({B, H}, options) : Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tensors.output.scalar_type(), "fused_rnn backward_cuda",
+                                    [&] {
+        using M = at::opmath_type<scalar_t>;
+        for (auto s = shape.steps.rbegin(); s != shape.steps.rend(); ++s) {
+            const auto rows = [&](const Tensor& t) { return t.narrow(0, s->offset, s->active); };
+            BackwardStep<scalar_t, M> step{};
+            if (shape.projected) {  // the projected output's gradient, then through W_hr to h' before it
+                Tensor grad_projected = rows(tensors.grad_projected);
+                at::add_out(grad_projected, dh.narrow(0, 0, s->active), rows(tensors.grad_output));
+                Tensor grad_step_input = grad_projection_input.narrow(0, 0, s->active);
+                at::mm_out(grad_step_input, grad_projected, tensors.weight_hr);
+                step.grad_h = grad_projection_input.data_ptr<scalar_t>();
+            } else {
+                step.grad_h = dh.data_ptr<scalar_t>();
+                step.grad_output = rows(tensors.grad_output).data_ptr<scalar_t>();
+            }
+            step.carry = pointer_or_null<M>(carry);
+            step.saved = SW ? tensors.saved.data_ptr<M>() + s->offset * SW * H : nullptr;
+            step.h_prev = gru ? rows(tensors.previous_hidden).data_ptr<scalar_t>() : nullptr;
+            step.out = rows(tensors.output).data_ptr<scalar_t>();
+            step.grad_input_gates = rows(tensors.grad_input_gates).data_ptr<scalar_t>();
+            step.grad_hidden_gates = rows(tensors.grad_hidden_gates).data_ptr<scalar_t>();
+            step.active = s->active;
+            step.hidden = H;
+            launch_backward(shape.cell, step);
+            Tensor dh_active = dh.narrow(0, 0, s->active);
+            at::mm_out(dh_active, rows(tensors.grad_hidden_gates), tensors.weight_hh);
+        }
+    });
+    const Tensor grad_h0 = gru ? dh.add(carry).to(tensors.output.scalar_type()) : dh;
+    const Tensor grad_c0 = lstm ? carry.to(tensors.output.scalar_type()) : Tensor();
+    return {grad_h0, grad_c0};
+}
+
+}  // namespace fused_rnn
