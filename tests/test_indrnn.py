@@ -302,3 +302,14 @@ def test_bad_input_is_rejected_with_named_errors():
         fused_rnn.IndRNN(3, 4)(torch.zeros(2, 1, 3), torch.zeros(1, 2, 4))
     with pytest.raises(TypeError, match="input must be a Tensor or PackedSequence"):
         fused_rnn.IndRNN(3, 4)([1.0])
+
+
+def test_triton_refuses_a_state_too_large_for_32_bit_offsets():
+    """The kernels index a step's [batch, hidden] block with 32-bit offsets: batch x hidden >= 2**31 is refused by
+    name, never indexed past the block."""
+    batch, hidden = 2**21, 1024
+    x = torch.zeros(1, 1, 1).expand(1, batch, 1)  # no memory behind the batch
+    hx = torch.zeros(1, 1).expand(batch, hidden)
+    weight_ih, weight_hh = torch.zeros(hidden, 1), torch.zeros(hidden)
+    with pytest.raises(ValueError, match="backend='triton' cannot run here: batch x hidden_size is too large"):
+        functional.indrnn(x, hx, weight_ih, weight_hh, backend="triton")

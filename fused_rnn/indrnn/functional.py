@@ -31,16 +31,20 @@ def checked_nonlinearity(nonlinearity: str) -> str:
     return nonlinearity
 
 
-def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that runs a call on `device`/`dtype`; ValueError when the one asked for cannot."""
+def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, state_elements: int = 0) -> str:
+    """The backend that runs a call on `device`/`dtype`; ValueError when the one asked for cannot.
+
+    state_elements: batch x hidden, which the Triton kernel indexes with 32-bit offsets within a step.
+    """
+    fits = state_elements < 2**31
     if checked_backend(backend) == "triton":
-        return resolve("triton", device, dtype)  # raises, naming what is missing, when Triton cannot run here
+        return resolve("triton", device, dtype, fits)  # raises, naming what is missing, when Triton cannot run here
     if backend != "auto":
         return backend
     if device.type == "cuda":
         try:
-            return resolve("triton", device, dtype)
-        except ValueError:  # e.g. triton not installed, or an unsupported dtype
+            return resolve("triton", device, dtype, fits)
+        except ValueError:  # e.g. triton not installed, an unsupported dtype, a batch too large
             return "reference"
     return CPU_AUTO if device.type == "cpu" else "reference"
 
@@ -77,7 +81,7 @@ def indrnn(
     _check_weights(input, weight_ih, weight_hh, bias_ih)
     batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
     h0 = checked_state("hx", hx, input, (batch, weight_hh.shape[0]))
-    chosen = chosen_backend(backend, input.device, input.dtype)
+    chosen = chosen_backend(backend, input.device, input.dtype, batch * weight_hh.shape[0])
     tensors = (input, h0, weight_ih, weight_hh, bias_ih)
     if chosen == "reference":
         return reference.sequence(*tensors, batch_sizes, reverse, nonlinearity)

@@ -62,7 +62,9 @@ def indrnn_fwd_kernel(
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     state_mask = (rows[:, None] < B) & (cols[None, :] < H)
-    state = rows[:, None].to(tl.int64) * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
+    # Offsets within one step's [B, H] block fit 32 bits (the launcher checks); only the step's first row, N * H
+    # in all, may pass 2**31, so it is one int64 scalar per step. (Per-element int64 offsets made ptxas spill.)
+    state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
     b_u = tl.load(p_u + cols, mask=cols < H, other=0.0).to(ACC)[None, :]  # [1, BLOCK_H]
     # The state is carried in ACC (fp32 for fp16/bf16 storage); only the outputs are rounded to the storage dtype.
     b_h = tl.load(p_h0 + state, mask=state_mask, other=0.0).to(ACC)  # [BLOCK_B, BLOCK_H]
@@ -73,10 +75,10 @@ def indrnn_fwd_kernel(
             t = step
         offset, batch = _step_rows(p_offsets, p_batch_sizes, t, B, PACKED)
         active = (rows[:, None] < batch) & (cols[None, :] < H)
-        at = (offset + rows[:, None]).to(tl.int64) * H + cols[None, :]  # int64: N * H may pass 2**31
-        b_pre = tl.load(p_xg + at, mask=active, other=0.0).to(ACC) + b_u * b_h
+        first = offset.to(tl.int64) * H
+        b_pre = tl.load(p_xg + first + state, mask=active, other=0.0).to(ACC) + b_u * b_h
         b_new = _activation(b_pre, RELU)
-        tl.store(p_out + at, b_new.to(p_out.dtype.element_ty), mask=active)
+        tl.store(p_out + first + state, b_new.to(p_out.dtype.element_ty), mask=active)
         b_h = tl.where(active, b_new, b_h)
     tl.store(p_hn + state, b_h.to(p_hn.dtype.element_ty), mask=state_mask)
 
@@ -106,7 +108,7 @@ def indrnn_bwd_kernel(
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     state_mask = (rows[:, None] < B) & (cols[None, :] < H)
-    state = rows[:, None].to(tl.int64) * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
+    state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]; per step as in the forward
     b_u = tl.load(p_u + cols, mask=cols < H, other=0.0).to(ACC)[None, :]  # [1, BLOCK_H]
     b_h0 = tl.load(p_h0 + state, mask=state_mask, other=0.0).to(ACC)
     b_dh = tl.load(p_dhn + state, mask=state_mask, other=0.0).to(ACC)  # carried in ACC, like the forward state
@@ -121,7 +123,7 @@ def indrnn_bwd_kernel(
             prev = t - 1
         offset, batch = _step_rows(p_offsets, p_batch_sizes, t, B, PACKED)
         active = (rows[:, None] < batch) & (cols[None, :] < H)
-        at = (offset + rows[:, None]).to(tl.int64) * H + cols[None, :]
+        at = offset.to(tl.int64) * H + state
         b_dh += tl.load(p_dout + at, mask=active, other=0.0).to(ACC)
         b_h = tl.load(p_out + at, mask=active, other=0.0).to(ACC)
         if RELU:
@@ -136,7 +138,7 @@ def indrnn_bwd_kernel(
         prev_in_range = tl.minimum(tl.maximum(prev, 0), T - 1)
         prev_offset, prev_batch = _step_rows(p_offsets, p_batch_sizes, prev_in_range, B, PACKED)
         from_output = active & (prev == prev_in_range) & (rows[:, None] < prev_batch)
-        prev_at = (prev_offset + rows[:, None]).to(tl.int64) * H + cols[None, :]
+        prev_at = prev_offset.to(tl.int64) * H + state
         b_hprev = tl.load(p_out + prev_at, mask=from_output, other=0.0).to(ACC)
         b_hprev = tl.where(from_output, b_hprev, b_h0)
         b_du += b_dpre * b_hprev
