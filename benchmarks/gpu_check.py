@@ -34,7 +34,10 @@ from benchmarks.configs import STANDARD_CONFIGS, Config
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Seconds per part on the GPU machine; together under 8 minutes. The benchmarks stop starting new cases
 # BENCHMARK_MARGIN_S before their limit, so what was measured gets written.
-TIME_LIMITS_S = {"environment": 30, "install": 80, "tests": 150, "sanitizer": 60, "benchmarks": 150}
+TIME_LIMITS_S = {"environment": 30, "install": 80, "tests": 150, "sanitizer": 75, "benchmarks": 135}
+# Of the sanitizer's time: racecheck of a small persistent forward+backward (the kernels that share memory across
+# warps and exchange state between CTAs); memcheck of every backend gets the rest.
+RACECHECK_S = 20
 BENCHMARK_MARGIN_S = 15
 GPU_RUNS = (2, 10)  # (warmup, repeats) per measurement: enough for a median at GPU noise, within the budget
 DRY_RUN_CONFIGS = [
@@ -64,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("outdir", type=Path, help="where the files go (created if missing)")
     parser.add_argument("--dry-run", action="store_true", help="on CPU, tiny sizes; checks the pipeline itself")
-    parser.add_argument("--part", choices=("environment", "workload", "benchmarks"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--part", choices=("environment", "workload", "persistent-workload", "benchmarks"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.outdir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_environment()
     if args.part == "workload":
         return sanitized_workload(args.dry_run)
+    if args.part == "persistent-workload":
+        return persistent_workload(args.dry_run)
     if args.part == "benchmarks":
         return run_benchmarks(args.outdir, args.dry_run, args.seconds)
 
@@ -243,31 +250,40 @@ def run_tests(outdir: Path, dry_run: bool, time_limit_s: float) -> Outcome:
 
 
 def run_sanitizer(outdir: Path, dry_run: bool, time_limit_s: float) -> Outcome:
-    """compute-sanitizer memcheck on a small forward+backward of each backend with kernels of its own."""
+    """compute-sanitizer memcheck on a small forward+backward of each backend with kernels of its own, then
+    racecheck on the persistent backend's (both logged to sanitizer.log)."""
     log = outdir / "sanitizer.log"
-    workload = _module_command(outdir, dry_run, "workload")
     environment = _environment(dry_run)
     # Without the caching allocator every tensor is its own allocation, so memcheck sees overruns into neighbours.
     environment["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
     sanitizer = _compute_sanitizer()
-    if dry_run or sanitizer is None:
-        reason = "dry run, no GPU" if dry_run else "compute-sanitizer not found on this machine"
-        status = run_logged(workload, log, time_limit_s, environment)
-        if status != 0:
-            return _failed(status, log, time_limit_s)
-        return Outcome(True, f"not checked ({reason}); the workload alone ran: {_last_line(log)}")
-    command = [sanitizer, "--tool", "memcheck", "--error-exitcode", "3", "--target-processes", "all", *workload]
-    status = run_logged(command, log, time_limit_s, environment)
-    text = log.read_text(errors="replace")
-    errors = re.search(r"ERROR SUMMARY: (\d+) errors?", text)
-    if status is None:
-        return _failed(status, log, time_limit_s)
-    if errors is None:  # the tool does not work on every machine; say so rather than fail the project
-        return Outcome(True, f"not checked: compute-sanitizer does not run here (exit {status}): {_last_line(log)}")
-    if status != 0 or int(errors.group(1)):
-        return Outcome(False, f"FAILED: {errors.group(0)} (exit {status}); see {log.name}")
-    workload_line = re.findall(r"^workload: .*$", text, flags=re.M)
-    return Outcome(True, f"ok: {errors.group(0)}; {workload_line[-1] if workload_line else ''}")
+    workloads = {  # tool -> (workload, seconds, the workload's summary line prefix)
+        "memcheck": (_module_command(outdir, dry_run, "workload"), time_limit_s - RACECHECK_S, "workload"),
+        "racecheck": (_module_command(outdir, dry_run, "persistent-workload"), RACECHECK_S, "persistent-workload"),
+    }
+    lines, ok = [], True
+    for mode, (tool, (workload, seconds, prefix)) in zip(("w", "a"), workloads.items()):
+        if dry_run or sanitizer is None:
+            reason = "dry run, no GPU" if dry_run else "compute-sanitizer not found on this machine"
+            status = run_logged(workload, log, seconds, environment, mode)
+            if status != 0:
+                return _failed(status, log, seconds)
+            lines.append(f"{tool} not checked ({reason}); the workload alone ran: {_last_line(log)}")
+            continue
+        command = [sanitizer, "--tool", tool, "--error-exitcode", "3", "--target-processes", "all", *workload]
+        status = run_logged(command, log, seconds, environment, mode)
+        text = log.read_text(errors="replace").split(f"$ {' '.join(command)}")[-1]
+        errors = re.search(r"ERROR SUMMARY: (\d+) errors?", text) or re.search(r"RACECHECK SUMMARY: .*", text)
+        if status is None:
+            return _failed(status, log, seconds)
+        if errors is None:  # the tool does not work on every machine; say so rather than fail the project
+            lines.append(f"{tool} not checked: compute-sanitizer does not run here (exit {status})")
+            continue
+        failed = status != 0 or any(int(n) for n in re.findall(r"(\d+) (?:errors?|hazards?)", errors.group(0)))
+        workload_line = re.findall(rf"^{prefix}: .*$", text, flags=re.M)
+        lines.append(f"{tool} {errors.group(0)}; {workload_line[-1] if workload_line else ''}")
+        ok &= not failed
+    return Outcome(ok, ("ok: " if ok else "FAILED: ") + " | ".join(lines))
 
 
 def sanitized_workload(dry_run: bool) -> int:
@@ -282,7 +298,7 @@ def sanitized_workload(dry_run: bool) -> int:
     for backend in fused_rnn.available_backends():
         if backend in NOT_KERNEL_BACKENDS:
             continue
-        if _runs_on(backend, device, torch.float32):
+        if any(_runs_on(backend, device, torch.float32, _sanitized_shape(cell)) for cell in SANITIZED_CELLS):
             backends.append(backend)
     if not backends:
         print(f"workload: no backend with kernels of its own runs on {device}")
@@ -291,6 +307,9 @@ def sanitized_workload(dry_run: bool) -> int:
     torch.manual_seed(0)
     for backend in backends:
         for cell in SANITIZED_CELLS:
+            if not _runs_on(backend, device, torch.float32, _sanitized_shape(cell)):
+                print(f"{backend} {cell}: not served by this backend, skipped", flush=True)
+                continue
             extra = {"nonlinearity": "relu"} if cell == "rnn_relu" else {}
             layer = layers[cell](8, 33, num_layers=2, bidirectional=True, backend=backend, device=device, **extra)
             x = torch.randn(5, 3, 8, device=device, requires_grad=True)
@@ -303,6 +322,45 @@ def sanitized_workload(dry_run: bool) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(f"workload: {', '.join(backends)} x {', '.join(SANITIZED_CELLS)} forward+backward on {device}")
+    return 0
+
+
+def _sanitized_shape(cell: str):
+    """The shape of the sanitized workload's layers, as backend resolution weighs it."""
+    from fused_rnn.backends import Workload
+
+    return Workload(cell, batch=3, packed=True, training=True, hidden=33)
+
+
+def persistent_workload(dry_run: bool) -> int:
+    """A small forward+backward of the persistent kernels (LSTM and GRU, fp32 and bf16, packed, both directions),
+    for racecheck: their CTAs share shared memory between warps and exchange state through global memory."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    import fused_rnn
+    from fused_rnn.backends import Workload
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not dry_run else "cpu")
+    layers = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
+    torch.manual_seed(0)
+    ran = []
+    for cell, dtype in [(cell, dtype) for cell in layers for dtype in (torch.float32, torch.bfloat16)]:
+        # hidden 40 over 40 CTAs; batch 11 spans a full and a partial batch tile
+        if not _runs_on("persistent", device, dtype, Workload(cell, 11, True, True, hidden=40)):
+            continue
+        layer = layers[cell](8, 40, bidirectional=True, backend="persistent", device=device, dtype=dtype)
+        x = torch.randn(6, 11, 8, device=device, dtype=dtype, requires_grad=True)
+        output, _ = layer(pack_padded_sequence(x, [6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1]))
+        output.data.float().square().sum().backward()
+        ran.append(f"{cell} {str(dtype).removeprefix('torch.')}")
+        print(f"persistent {ran[-1]}: forward+backward ok", flush=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    if not ran:
+        print(f"persistent-workload: the persistent backend does not run on {device}: nothing to check")
+        return 0
+    print(f"persistent-workload: {', '.join(ran)} forward+backward on {device}")
     return 0
 
 
@@ -329,6 +387,7 @@ def run_benchmarks(outdir: Path, dry_run: bool, seconds: float) -> int:
     import fused_rnn
     from benchmarks import report, run
     from benchmarks.contenders import TORCH, fused_contender
+    from fused_rnn.backends import Workload
 
     stop_at = time.monotonic() + seconds
     device = torch.device("cuda" if torch.cuda.is_available() and not dry_run else "cpu")
@@ -344,8 +403,10 @@ def run_benchmarks(outdir: Path, dry_run: bool, seconds: float) -> int:
     ]
     results, not_started, contenders = [], [], {TORCH: None}
     for index, case in enumerate(cases):
-        # Only the backends that serve this dtype on this device: the others would only record refusals.
-        here = [fused_contender(b) for b in backends if _runs_on(b, device, run.DTYPES[case[2]])] + [TORCH]
+        # Only the backends that serve this shape and dtype on this device: the others would only record refusals.
+        config, cell, dtype = case
+        shape = Workload(cell, config.batch, config.packed, training=True, hidden=config.hidden_size)
+        here = [fused_contender(b) for b in backends if _runs_on(b, device, run.DTYPES[dtype], shape)] + [TORCH]
         contenders |= dict.fromkeys(here)
         measured, not_started = run.measure_cases([case], here, args, stop_at=stop_at)
         results += measured
@@ -373,11 +434,12 @@ def run_benchmarks(outdir: Path, dry_run: bool, seconds: float) -> int:
     return 1 if failed or not results else 0
 
 
-def _runs_on(backend: str, device, dtype) -> bool:
+def _runs_on(backend: str, device, dtype, workload=None) -> bool:
+    """Whether `backend` serves calls on `device`/`dtype` (of the shape `workload`, which "persistent" needs)."""
     from fused_rnn.backends import resolve
 
     try:
-        resolve(backend, device, dtype)
+        resolve(backend, device, dtype, workload=workload)
     except ValueError:
         return False
     return True

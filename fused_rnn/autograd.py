@@ -23,11 +23,16 @@ def _triton_sequence():
 
 def _driver(backend: str):
     """The sequence driver of `backend`: the Python one of the Triton kernels, or the C++ one of csrc/ ("cpu",
-    "cuda"), which takes the same arguments and returns the same outputs, saved activations included."""
+    "cuda"), or the persistent kernels' ("persistent"), which take the same arguments and return the same outputs,
+    saved activations included."""
     if backend in ("cpu", "cuda"):
         from fused_rnn.backends import native
 
         return native.ops()
+    if backend == "persistent":
+        from fused_rnn.backends import persistent
+
+        return persistent
     return _triton_sequence()
 
 
@@ -62,7 +67,7 @@ def sequence_forward(
         batch_sizes: active rows per step for packed input, None for N = T * B padded rows.
         reverse: run from the last step to the first.
         save: keep what the backward needs.
-        backend: whose driver runs it, "triton", or "cpu" / "cuda" (the compiled kernels of csrc/).
+        backend: whose driver runs it, "triton", "cpu" / "cuda" (the compiled kernels of csrc/) or "persistent".
 
     Returns:
         output (N, H_out), h_n (B, H_out), c_n (B, H) or empty, then the saved activations and the

@@ -38,7 +38,8 @@ def lstm(
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
         reverse: run from the last time step to the first (the backward direction of a
             bidirectional layer).
-        backend: "auto", "triton", "cuda", "cpu", "torch" or "reference" (see fused_rnn.available_backends()).
+        backend: "auto", "triton", "cuda", "persistent", "cpu", "torch" or "reference" (see
+            fused_rnn.available_backends()).
 
     Returns:
         output (T, B, H_out) or (N, H_out), and (h_n, c_n) as in hx.
@@ -145,7 +146,7 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
     offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    workload = Workload(cell, batch, batch_sizes is not None, training)
+    workload = Workload(cell, batch, batch_sizes is not None, training, hidden, weight_hr is not None)
     chosen = resolve(backend, input.device, input.dtype, offsets_fit, workload)
     if chosen == "reference":
         return reference.sequence(cell, *tensors, batch_sizes, reverse)

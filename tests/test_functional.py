@@ -14,7 +14,7 @@ from layers import layer_weights
 
 def test_available_backends_explains_each():
     status = fused_rnn.available_backends()
-    assert set(status) == {"reference", "torch", "cpu", "cuda", "triton"}
+    assert set(status) == {"reference", "torch", "cpu", "cuda", "persistent", "triton"}
     assert all(text.startswith(("available", "unavailable: ")) for text in status.values())
     if not torch.cuda.is_available():
         assert status["triton"].startswith("available on CPU through the Triton interpreter")

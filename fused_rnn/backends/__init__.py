@@ -7,6 +7,9 @@
 - "cpu": the compiled whole-sequence CPU kernels of csrc/ (fused_rnn.backends.native), float32 and float64.
 - "cuda": the compiled CUDA kernels of csrc/ on CUDA tensors: the C++ driver runs a cuBLAS GEMM and one fused
   step kernel per step, with no Python per step; float16, bfloat16, float32, float64.
+- "persistent": one cooperative launch of csrc/persistent/ per direction and layer runs every step, W_hh on chip
+  (fused_rnn.backends.persistent); LSTM and GRU without projection, float16, bfloat16, float32, where the capacity
+  model says the weights fit the GPU's shared memory. Unverified on a GPU: "auto" never picks it.
 
 "auto" picks, on CUDA, "triton" (the reference where Triton cannot run; "cuda" is not picked until GPU measurements
 of it are committed); on CPU "cpu" for the shapes where the
@@ -20,9 +23,9 @@ from typing import NamedTuple
 
 import torch
 
-from fused_rnn.backends import native
+from fused_rnn.backends import native, persistent
 
-NAMES = ("auto", "triton", "cuda", "cpu", "torch", "reference")
+NAMES = ("auto", "triton", "cuda", "persistent", "cpu", "torch", "reference")
 NATIVE_CPU_DTYPES = (torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
@@ -43,12 +46,15 @@ def _triton_unavailable(device: torch.device) -> str | None:
 
 
 class Workload(NamedTuple):
-    """What "auto" weighs on CPU: the cell, the batch, packed or padded input, and whether a backward follows."""
+    """What "auto" weighs on CPU: the cell, the batch, packed or padded input, and whether a backward follows;
+    and what "persistent" must fit on chip: the hidden size, and whether the LSTM has a projection."""
 
     cell: str
     batch: int
     packed: bool
     training: bool
+    hidden: int = 0
+    projected: bool = False
 
 
 def _native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -75,6 +81,14 @@ def _native_cuda_unavailable(device: torch.device | None, dtype: torch.dtype) ->
     if dtype not in TRITON_DTYPES:
         return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
     return None
+
+
+def _persistent_unavailable(device: torch.device, dtype: torch.dtype, workload: Workload | None) -> str | None:
+    """Why the persistent kernels cannot run this call, given that the compiled CUDA kernels can, or None. Without
+    the call's shape, whether they run here at all (each call is checked against the capacity model)."""
+    if workload is None:
+        return persistent.unavailable(device, dtype)
+    return persistent.unavailable(device, dtype, workload.cell, workload.hidden, workload.batch, workload.projected)
 
 
 # The largest batch up to which "cpu" took at most 0.9x torch.nn's time (a margin over this machine's noise) in
@@ -122,6 +136,17 @@ def available_backends() -> dict[str, str]:
         status["cuda"] = f"available on CUDA ({torch.cuda.get_device_name()}): compiled step kernels, C++ step loop"
     else:
         status["cuda"] = f"unavailable: {reason}"
+    reason = _native_cuda_unavailable(None, torch.float32)
+    if reason is None and not persistent.has_kernels():
+        reason = "the compiled extension has no persistent kernels"
+    unverified = "unverified on a GPU, so 'auto' does not pick it"
+    if reason is None:
+        status["persistent"] = (
+            f"available on CUDA ({torch.cuda.get_device_name()}) for LSTM/GRU layers whose weights fit on chip "
+            f"(fused_rnn.backends.persistent.plan); {unverified}"
+        )
+    else:
+        status["persistent"] = f"unavailable: {reason}; {unverified}"
     reason = _triton_unavailable(torch.device("cuda" if cuda else "cpu"))
     if reason is not None:
         status["triton"] = f"unavailable: {reason}"
@@ -150,7 +175,8 @@ def resolve(
 
     offsets_fit_32_bits: whether one step's largest [batch, gates * hidden] block is below 2**31 elements,
     the limit of the Triton kernels' 32-bit offsets.
-    workload: the call's shape, for "auto" on CPU; without it "auto" never picks "cpu".
+    workload: the call's shape, for "auto" on CPU (without it "auto" never picks "cpu") and for "persistent"
+        (without it, only whether the persistent kernels run here at all).
     """
     checked_name(backend)
     if backend in ("reference", "torch"):
@@ -164,6 +190,11 @@ def resolve(
         reason = _native_cuda_unavailable(device, dtype)
         if reason is not None:
             raise ValueError(f"backend='cuda' cannot run here: {reason}")
+        return backend
+    if backend == "persistent":
+        reason = _native_cuda_unavailable(device, dtype) or _persistent_unavailable(device, dtype, workload)
+        if reason is not None:
+            raise ValueError(f"backend='persistent' cannot run here: {reason}")
         return backend
     reason = _triton_unavailable(device)
     if reason is None and dtype not in TRITON_DTYPES:

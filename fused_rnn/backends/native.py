@@ -18,7 +18,12 @@ import torch
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = ("sequence.cpp", "cpu/recurrence.cpp")
-CUDA_SOURCES = ("cuda/recurrence.cu",)
+CUDA_SOURCES = (
+    "cuda/recurrence.cu",
+    "persistent/forward.cu",
+    "persistent/backward.cu",
+    "persistent/binding.cpp",
+)
 JIT_NAME = "fused_rnn_native"
 # A100 (8.0) and H100/H200 (9.0), plus PTX that newer GPUs compile when loading.
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"

@@ -215,19 +215,30 @@ def has_kernels() -> bool:
         return False
 
 
-def unavailable(cell: str, hidden: int, batch: int, projected: bool, device: torch.device, dtype: torch.dtype):
-    """Why the persistent kernels cannot run this call (a str), or None when they can.
+def unavailable(
+    device: torch.device,
+    dtype: torch.dtype,
+    cell: str | None = None,
+    hidden: int = 0,
+    batch: int = 0,
+    projected: bool = False,
+) -> str | None:
+    """Why the persistent kernels cannot run a call (a str), or None when they can.
 
-    Checks, in order: a CUDA tensor, no projection, the kernels compiled in, and the capacity model on this
-    device: a configuration that does not fit on chip, or whose CTAs could not all be resident, is refused
-    here rather than risking a grid barrier that never completes.
+    Checks, in order: a CUDA tensor, the dtype, the kernels compiled in; then, given the call's shape (cell not
+    None), no projection and the capacity model on this device: a layer that does not fit on chip, or whose CTAs
+    could not all be resident, is refused here rather than risking a grid barrier that never completes.
     """
     if device.type != "cuda":
         return f"it runs CUDA tensors only, got {device.type}"
-    if projected:
-        return "proj_size is not supported (the persistent kernels have no projection)"
+    if dtype not in DTYPES:
+        return f"dtype {dtype} is not supported (float32, bfloat16, float16 are)"
     if not has_kernels():
         return "the compiled extension has no persistent kernels (it was built without CUDA)"
+    if cell is None:
+        return None
+    if projected:
+        return "proj_size is not supported (the persistent kernels have no projection)"
     return plan(cell, hidden, batch, dtype, device_limits(device)).reason
 
 
