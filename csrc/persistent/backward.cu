@@ -123,7 +123,7 @@ template <typename Cell, typename T>
 __global__ void __launch_bounds__(kThreads, kRegisterCapBlocks)
     backward_kernel(const BackwardParams<T> p, const int units_per_cta, const BackwardLayout layout) {
     cg::grid_group grid = cg::this_grid();
-    extern __shared__ __align__(kAlignment) unsigned char smem[];
+    unsigned char* smem = dynamic_shared_memory();
     T* weight = reinterpret_cast<T*>(smem + layout.weight_offset);                // [units_per_cta, gate_rows]
     float* grad_tile = reinterpret_cast<float*>(smem + layout.grad_tile_offset);  // [kBackwardBatchTile, gate_rows]
     float* dh = reinterpret_cast<float*>(smem + layout.dh_offset);                // [batch, units_per_cta]

@@ -39,6 +39,17 @@ __device__ inline __half from_float<__half>(float x) { return __float2half_rn(x)
 template <>
 __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// The CTA's dynamic shared memory (the layouts of partition.h). Outside nvcc only the CPU emulation of the tests
+// (tests/persistent_emulation/) compiles these kernels, and it defines this per emulated CTA.
+#ifdef __CUDACC__
+__device__ inline unsigned char* dynamic_shared_memory() {
+    extern __shared__ __align__(kAlignment) unsigned char smem[];
+    return smem;
+}
+#else
+unsigned char* dynamic_shared_memory();
+#endif
+
 // The sum over the warp's lanes, in every lane; a fixed butterfly order, so results are bit-for-bit repeatable.
 __device__ inline float warp_sum(float x) {
 #pragma unroll
@@ -64,8 +75,7 @@ cudaError_t launch_cooperative(Kernel kernel, int ctas, size_t smem_bytes, void*
     }
     if (error != cudaSuccess) return error;
     if (blocks_per_sm * multiprocessors < ctas) return cudaErrorCooperativeLaunchTooLarge;
-    return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(ctas), dim3(kThreads), kernel_args,
-                                       smem_bytes, stream);
+    return cudaLaunchCooperativeKernel(kernel, dim3(ctas), dim3(kThreads), kernel_args, smem_bytes, stream);
 }
 
 }  // namespace persistent

@@ -93,7 +93,7 @@ template <typename Cell, typename T>
 __global__ void __launch_bounds__(kThreads, kRegisterCapBlocks)
     forward_kernel(const ForwardParams<T> p, const int units_per_cta, const SharedLayout layout) {
     cg::grid_group grid = cg::this_grid();
-    extern __shared__ __align__(kAlignment) unsigned char smem[];
+    unsigned char* smem = dynamic_shared_memory();
     T* weight = reinterpret_cast<T*>(smem + layout.weight_offset);              // [gates * units_per_cta, hidden]
     float* h_tile = reinterpret_cast<float*>(smem + layout.h_tile_offset);      // [kBatchTile, hidden]
     float* preact = reinterpret_cast<float*>(smem + layout.preact_offset);      // [kBatchTile, gates * units_per_cta]
