@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <string>
 #include <string_view>
 #include <tuple>
 
@@ -169,6 +170,9 @@ std::tuple<Tensor, Tensor> run_backward_cpu(const SequenceShape& shape, const Ba
     return {grad_h, grad_c};
 }
 
+// StepLoop: run the CUDA path's per-step loop on CPU tensors too (the ops sequence_*_step_loop, for the CPU tests
+// of that path); CUDA tensors always take it.
+template <bool StepLoop>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     std::string_view cell, const Tensor& input, const Tensor& h0, const std::optional<Tensor>& c0,
     const Tensor& weight_ih, const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
@@ -213,7 +217,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     tensors.projection_input = at::empty({weight_hr ? (save ? N : B) : 0, H}, options);
 
 #ifdef FUSED_RNN_WITH_CUDA
-    const Tensor h_n = input.is_cuda() ? recurrent_forward_cuda(shape, tensors) : run_forward_cpu(shape, tensors, save);
+    const bool step_loop = StepLoop || input.is_cuda();
+    const Tensor h_n = step_loop ? recurrent_forward_steps(shape, tensors) : run_forward_cpu(shape, tensors, save);
 #else  // only the CPU kernels are registered: no CUDA tensor gets here
     const Tensor h_n = run_forward_cpu(shape, tensors, save);
 #endif
@@ -223,6 +228,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     return {tensors.output, h_n, c_n, tensors.saved, projection_input};
 }
 
+template <bool StepLoop>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     std::string_view cell, const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_c_n,
     const Tensor& input, const Tensor& h0, const std::optional<Tensor>& c0, const Tensor& weight_ih,
@@ -255,8 +261,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     tensors.saved = saved;
     tensors.weight_hh = weight_hh;
     if (weight_hr) tensors.weight_hr = *weight_hr;
-    // W_hh's gradient needs it, and the CUDA GRU step kernel reads it; the CPU loop finds h in place.
-    if (needs_grad.get(4) || (gru && input.is_cuda())) tensors.previous_hidden = previous_hidden(shape, output, h0);
+    // W_hh's gradient needs it, and the GRU's step-loop kernel reads it; the CPU loop finds h in place.
+    const bool step_loop = StepLoop || input.is_cuda();
+    if (needs_grad.get(4) || (gru && step_loop)) tensors.previous_hidden = previous_hidden(shape, output, h0);
     tensors.grad_input_gates = at::empty({N, G * H}, options);
     // Only the GRU's gradients of the input and hidden projections differ (n = tanh(x_n + r * h_n)).
     tensors.grad_hidden_gates = gru ? at::empty({N, G * H}, options) : tensors.grad_input_gates;
@@ -264,7 +271,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
 
 #ifdef FUSED_RNN_WITH_CUDA
     const auto [grad_h0, grad_c0] =
-        input.is_cuda() ? recurrent_backward_cuda(shape, tensors) : run_backward_cpu(shape, tensors, h0);
+        step_loop ? recurrent_backward_steps(shape, tensors) : run_backward_cpu(shape, tensors, h0);
 #else
     const auto [grad_h0, grad_c0] = run_backward_cpu(shape, tensors, h0);
 #endif
@@ -289,28 +296,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
 }  // namespace
 }  // namespace fused_rnn
 
+namespace {
+constexpr const char* kForwardSignature =
+    "(str cell, Tensor input, Tensor h0, Tensor? c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+    "Tensor? bias_hh, Tensor? weight_hr, int[]? batch_sizes, bool reverse, bool save) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
+constexpr const char* kBackwardSignature =
+    "(str cell, Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, Tensor? c0, "
+    "Tensor weight_ih, Tensor weight_hh, Tensor? weight_hr, Tensor output, Tensor saved, Tensor projection_input, "
+    "int[]? batch_sizes, bool reverse, bool[] needs_grad) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
+}  // namespace
+
 TORCH_LIBRARY(fused_rnn_native, m) {
-    m.def(
-        "sequence_forward(str cell, Tensor input, Tensor h0, Tensor? c0, Tensor weight_ih, Tensor weight_hh, "
-        "Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, int[]? batch_sizes, bool reverse, bool save) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-    m.def(
-        "sequence_backward(str cell, Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
-        "Tensor? c0, Tensor weight_ih, Tensor weight_hh, Tensor? weight_hr, Tensor output, Tensor saved, "
-        "Tensor projection_input, int[]? batch_sizes, bool reverse, bool[] needs_grad) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def((std::string("sequence_forward") + kForwardSignature).c_str());
+    m.def((std::string("sequence_backward") + kBackwardSignature).c_str());
+#ifdef FUSED_RNN_WITH_CUDA
+    // The CUDA path's step loop on CPU tensors, its kernels' bodies run on the host: for the CPU tests of that path.
+    m.def((std::string("sequence_forward_step_loop") + kForwardSignature).c_str());
+    m.def((std::string("sequence_backward_step_loop") + kBackwardSignature).c_str());
+#endif
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn_native, CPU, m) {
-    m.impl("sequence_forward", &fused_rnn::sequence_forward);
-    m.impl("sequence_backward", &fused_rnn::sequence_backward);
+    m.impl("sequence_forward", &fused_rnn::sequence_forward<false>);
+    m.impl("sequence_backward", &fused_rnn::sequence_backward<false>);
+#ifdef FUSED_RNN_WITH_CUDA
+    m.impl("sequence_forward_step_loop", &fused_rnn::sequence_forward<true>);
+    m.impl("sequence_backward_step_loop", &fused_rnn::sequence_backward<true>);
+#endif
 }
 
 #ifdef FUSED_RNN_WITH_CUDA
 // The same driver serves CUDA tensors: only its recurrent loop differs by device.
 TORCH_LIBRARY_IMPL(fused_rnn_native, CUDA, m) {
-    m.impl("sequence_forward", &fused_rnn::sequence_forward);
-    m.impl("sequence_backward", &fused_rnn::sequence_backward);
+    m.impl("sequence_forward", &fused_rnn::sequence_forward<false>);
+    m.impl("sequence_backward", &fused_rnn::sequence_backward<false>);
 }
 #endif
 

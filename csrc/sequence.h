@@ -84,9 +84,10 @@ struct BackwardTensors {
     at::Tensor grad_input_gates, grad_hidden_gates, grad_projected;  // written, as in BackwardBuffers
 };
 
-// The CUDA recurrence: per step one cuBLAS GEMM (at::mm_out) and one fused step kernel on the current stream.
+// The CUDA recurrence: per step one cuBLAS GEMM (at::mm_out) and one fused step kernel on the current stream; on
+// CPU tensors the same loop with the kernels' bodies run on the host (for the CPU tests of this path).
 // Forward returns h_n; backward returns the gradients of h0 and c0 (c0's undefined without a cell state).
-at::Tensor recurrent_forward_cuda(const SequenceShape& shape, const ForwardTensors& tensors);
-std::tuple<at::Tensor, at::Tensor> recurrent_backward_cuda(const SequenceShape& shape, const BackwardTensors& tensors);
+at::Tensor recurrent_forward_steps(const SequenceShape& shape, const ForwardTensors& tensors);
+std::tuple<at::Tensor, at::Tensor> recurrent_backward_steps(const SequenceShape& shape, const BackwardTensors& tensors);
 
 }  // namespace fused_rnn

@@ -1,9 +1,11 @@
 """The compiled CUDA kernels (backend="cuda": csrc/cuda/recurrence.cu driven by csrc/sequence.cpp).
 
 Without a GPU: the extension imports, registers its CUDA kernels under the same op names as its CPU kernels,
-and every CUDA kernel compiled for sm_80 and sm_90 uses no local memory (no register spills), read from the built
-library with the cuobjdump that triton ships. With a GPU (tests marked `gpu`): backend="cuda" against torch.nn in
-float64 on the CPU, by tests/test_gpu.py's rule (our error at most twice cuDNN's), and bit-identical repeats.
+every CUDA kernel compiled for sm_80 and sm_90 uses no local memory (no register spills), read from the built
+library with the cuobjdump that triton ships, and the CUDA path's driver loop with its kernels' bodies run on the
+host (ops sequence_*_step_loop) gives what the CPU kernels give, saved activations included.
+With a GPU (tests marked `gpu`): backend="cuda" against torch.nn in float64 on the CPU, by tests/test_gpu.py's
+rule (our error at most twice cuDNN's), and bit-identical repeats.
 """
 
 import copy
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 OPS = ["sequence_forward", "sequence_backward"]
+NAMES = ["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 STORAGE_TYPES = {"float": "f", "double": "d", "c10::Half": "N3c104HalfE", "c10::BFloat16": "N3c108BFloat16E"}
 
@@ -77,6 +80,65 @@ def test_every_cuda_kernel_is_compiled_for_sm80_and_sm90_without_spills():
         assert len(names) == 2 * len(CELLS) * len(STORAGE_TYPES), sorted(names)
         for name in names:
             assert kernels[name]["LOCAL"] == 0 and kernels[name]["STACK"] == 0, (arch, name, kernels[name])
+
+
+STEP_LOOP_CASES = [  # cell, T, B, I, H, proj, packed lengths, reverse
+    pytest.param("lstm", 1, 1, 3, 5, 0, None, False, id="lstm-T1-B1"),
+    pytest.param("lstm", 4, 3, 5, 33, 0, None, True, id="lstm-H33-reverse"),
+    pytest.param("lstm", None, 4, 3, 11, 4, [5, 3, 3, 1], False, id="lstm-proj-packed"),
+    pytest.param("lstm", None, 4, 3, 11, 4, [5, 3, 3, 1], True, id="lstm-proj-packed-reverse"),
+    pytest.param("gru", 3, 2, 4, 7, 0, None, False, id="gru-H7"),
+    pytest.param("gru", None, 4, 4, 9, 0, [5, 3, 3, 1], True, id="gru-packed-reverse"),
+    pytest.param("rnn_tanh", None, 3, 2, 6, 0, [4, 2, 1], False, id="rnn_tanh-packed"),
+    pytest.param("rnn_relu", 3, 2, 2, 5, 0, None, True, id="rnn_relu-reverse"),
+]
+
+
+@pytest.mark.parametrize("cell, steps, batch, input_size, hidden, proj, lengths, reverse", STEP_LOOP_CASES)
+def test_cuda_step_loop_matches_the_cpu_kernels(cell, steps, batch, input_size, hidden, proj, lengths, reverse):
+    """The CUDA path's C++ loop (per-step GEMMs, step bodies, carries, packed rows, projection) with its kernels'
+    bodies run on the host, against the CPU kernels (tested against the reference): every output, the saved
+    activations in the same layout, and every gradient, in float64."""
+    ops = native.ops()
+    weights = [w.detach() if w is not None else None for w in layer_weights(cell, input_size, hidden, proj=proj)]
+    x, h0, c0, batch_sizes = sequence_inputs(cell, steps, batch, input_size, hidden, proj=proj, lengths=lengths)
+    rows, h0 = x.detach().reshape(-1, input_size), h0.detach()
+    c0 = c0.detach() if c0 is not None else None
+    weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights
+    results = {}
+    for name, forward, backward in [
+        ("cpu", ops.sequence_forward, ops.sequence_backward),
+        ("step loop", ops.sequence_forward_step_loop, ops.sequence_backward_step_loop),
+    ]:
+        outputs = forward(cell, rows, h0, c0, *weights, batch_sizes, reverse, True)
+        output, h_n, c_n, saved, projection_input = outputs
+        generator = torch.Generator().manual_seed(1)
+        grad_output, grad_h_n, grad_c_n = (
+            torch.randn(t.shape, generator=generator, dtype=t.dtype) for t in (output, h_n, c_n)
+        )
+        grads = backward(
+            cell,
+            grad_output,
+            grad_h_n,
+            grad_c_n if c0 is not None else None,
+            rows,
+            h0,
+            c0,
+            weight_ih,
+            weight_hh,
+            weight_hr,
+            output,
+            saved,
+            projection_input,
+            batch_sizes,
+            reverse,
+            [True, True, c0 is not None, True, True, bias_ih is not None, bias_hh is not None, weight_hr is not None],
+        )
+        results[name] = [*outputs, *grads]
+    names = ["output", "h_n", "c_n", "saved", "projection_input", *(f"grad {n}" for n in NAMES)]
+    for name, expected, got in zip(names, results["cpu"], results["step loop"], strict=True):
+        assert expected.shape == got.shape, name
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10, msg=name)
 
 
 def test_cuda_backend_says_why_it_cannot_run_here():

@@ -4,9 +4,11 @@
 // the weight gradients after it are the driver's (csrc/sequence.cpp). No atomics: results are bit-for-bit
 // deterministic.
 //
-// The step kernels are thin wrappers: one thread per (active row, hidden unit) loads its operands, calls the
-// shared math of csrc/cell_math.h (which the CPU kernel and its tests run too) and stores the results, so only
-// the launch configuration is left for a GPU to test. Storage is fp16/bf16/fp32/fp64; the math runs in fp32
+// The step kernels are thin wrappers: one thread per (active row, hidden unit) calls the step's body for its row
+// and unit, which loads the operands, runs the shared math of csrc/cell_math.h (which the CPU kernel runs too) and
+// stores the results. On CPU tensors the same loop runs each body in a host loop over rows and units instead of a
+// launch (the op sequence_*_step_loop), so the CPU tests run this driver and these bodies, and only the launch
+// configuration is left for a GPU to test. Storage is fp16/bf16/fp32/fp64; the math runs in fp32
 // (fp64 for fp64). What is carried from step to step beyond h stays in that math dtype, as in the Triton driver
 // (fused_rnn/backends/triton/sequence.py): the LSTM's c and dc, and the GRU's gradient through h' = z * h + ....
 #include <ATen/Dispatch.h>
@@ -16,9 +18,11 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros_like.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <type_traits>
 
 #include "../cell_math.h"
 #include "../sequence.h"
@@ -56,12 +60,10 @@ struct ForwardStep {
     bool write_h;
 };
 
+// Row b (of the step's active rows), hidden unit u.
 template <typename T, typename M, CellKind C>
-__global__ void forward_step_kernel(const ForwardStep<T, M> step) {
-    const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+__host__ __device__ inline void forward_step_at(const ForwardStep<T, M>& step, int64_t b, int64_t u) {
     const int64_t H = step.hidden;
-    if (index >= step.active * H) return;
-    const int64_t b = index / H, u = index % H;
     constexpr int G = gate_count<C>();
     const T* xg = step.input_gates + b * G * H + u;
     const T* hg = step.hidden_gates + b * G * H + u;
@@ -100,6 +102,12 @@ __global__ void forward_step_kernel(const ForwardStep<T, M> step) {
     if (step.write_h) step.h[b * H + u] = h_stored;
 }
 
+template <typename T, typename M, CellKind C>
+__global__ void forward_step_kernel(const ForwardStep<T, M> step) {
+    const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (index < step.active * step.hidden) forward_step_at<T, M, C>(step, index / step.hidden, index % step.hidden);
+}
+
 template <typename T, typename M>
 struct BackwardStep {
     const T* grad_h;       // [B, H] gradient reaching h' through W_hh (through W_hr when projected)
@@ -114,11 +122,8 @@ struct BackwardStep {
 };
 
 template <typename T, typename M, CellKind C>
-__global__ void backward_step_kernel(const BackwardStep<T, M> step) {
-    const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+__host__ __device__ inline void backward_step_at(const BackwardStep<T, M>& step, int64_t b, int64_t u) {
     const int64_t H = step.hidden;
-    if (index >= step.active * H) return;
-    const int64_t b = index / H, u = index % H;
     constexpr int G = gate_count<C>();
     M dh = static_cast<M>(step.grad_h[b * H + u]);
     if (step.grad_output) dh += static_cast<M>(step.grad_output[b * H + u]);
@@ -148,50 +153,58 @@ __global__ void backward_step_kernel(const BackwardStep<T, M> step) {
     }
 }
 
+template <typename T, typename M, CellKind C>
+__global__ void backward_step_kernel(const BackwardStep<T, M> step) {
+    const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (index < step.active * step.hidden) backward_step_at<T, M, C>(step, index / step.hidden, index % step.hidden);
+}
+
 unsigned int blocks_for(int64_t threads) {
     return static_cast<unsigned int>((threads + kThreadsPerBlock - 1) / kThreadsPerBlock);
 }
 
-template <typename T, typename M>
-void launch_forward(CellKind cell, const ForwardStep<T, M>& step) {
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    const unsigned int blocks = blocks_for(step.active * step.hidden);
+// Calls run(std::integral_constant<CellKind, cell>{}), so that the cell becomes a template argument.
+template <typename Run>
+void with_cell(CellKind cell, const Run& run) {
     switch (cell) {
-        case CellKind::lstm:
-            forward_step_kernel<T, M, CellKind::lstm><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
-            break;
-        case CellKind::gru:
-            forward_step_kernel<T, M, CellKind::gru><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
-            break;
-        case CellKind::rnn_tanh:
-            forward_step_kernel<T, M, CellKind::rnn_tanh><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
-            break;
-        case CellKind::rnn_relu:
-            forward_step_kernel<T, M, CellKind::rnn_relu><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
-            break;
+        case CellKind::lstm: return run(std::integral_constant<CellKind, CellKind::lstm>{});
+        case CellKind::gru: return run(std::integral_constant<CellKind, CellKind::gru>{});
+        case CellKind::rnn_tanh: return run(std::integral_constant<CellKind, CellKind::rnn_tanh>{});
+        case CellKind::rnn_relu: return run(std::integral_constant<CellKind, CellKind::rnn_relu>{});
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// One step's pointwise work: a kernel launch on the current stream, or on CPU the same bodies in a host loop.
+template <typename T, typename M>
+void forward_step(CellKind cell, const ForwardStep<T, M>& step, bool on_gpu) {
+    with_cell(cell, [&](auto kind) {
+        constexpr CellKind C = decltype(kind)::value;
+        if (on_gpu) {
+            const auto stream = c10::cuda::getCurrentCUDAStream();
+            forward_step_kernel<T, M, C><<<blocks_for(step.active * step.hidden), kThreadsPerBlock, 0, stream>>>(step);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+        } else {
+            for (int64_t b = 0; b < step.active; ++b) {
+                for (int64_t u = 0; u < step.hidden; ++u) forward_step_at<T, M, C>(step, b, u);
+            }
+        }
+    });
 }
 
 template <typename T, typename M>
-void launch_backward(CellKind cell, const BackwardStep<T, M>& step) {
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    const unsigned int blocks = blocks_for(step.active * step.hidden);
-    switch (cell) {
-        case CellKind::lstm:
-            backward_step_kernel<T, M, CellKind::lstm><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
-            break;
-        case CellKind::gru:
-            backward_step_kernel<T, M, CellKind::gru><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
-            break;
-        case CellKind::rnn_tanh:
-            backward_step_kernel<T, M, CellKind::rnn_tanh><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
-            break;
-        case CellKind::rnn_relu:
-            backward_step_kernel<T, M, CellKind::rnn_relu><<<blocks, kThreadsPerBlock, 0, stream>>>(step);
-            break;
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+void backward_step(CellKind cell, const BackwardStep<T, M>& step, bool on_gpu) {
+    with_cell(cell, [&](auto kind) {
+        constexpr CellKind C = decltype(kind)::value;
+        if (on_gpu) {
+            const auto stream = c10::cuda::getCurrentCUDAStream();
+            backward_step_kernel<T, M, C><<<blocks_for(step.active * step.hidden), kThreadsPerBlock, 0, stream>>>(step);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+        } else {
+            for (int64_t b = 0; b < step.active; ++b) {
+                for (int64_t u = 0; u < step.hidden; ++u) backward_step_at<T, M, C>(step, b, u);
+            }
+        }
+    });
 }
 
 template <typename P>
@@ -201,8 +214,9 @@ P* pointer_or_null(const Tensor& t) {
 
 }  // namespace
 
-Tensor recurrent_forward_cuda(const SequenceShape& shape, const ForwardTensors& tensors) {
-    const c10::cuda::CUDAGuard device_guard(tensors.output.device());
+Tensor recurrent_forward_steps(const SequenceShape& shape, const ForwardTensors& tensors) {
+    const c10::DeviceGuard device_guard(tensors.output.device());
+    const bool on_gpu = tensors.output.is_cuda();
     const int64_t B = shape.batch, H = shape.hidden, G = shape.gates, SW = shape.saved_width;
     const bool save = tensors.saved.numel() > 0;
     const bool projection_per_row = shape.projected && tensors.projection_input.size(0) != B;
@@ -229,7 +243,7 @@ Tensor recurrent_forward_cuda(const SequenceShape& shape, const ForwardTensors& 
             step.active = s.active;
             step.hidden = H;
             step.write_h = !shape.projected;
-            launch_forward(shape.cell, step);
+            forward_step(shape.cell, step, on_gpu);
             if (shape.projected) {
                 Tensor projected = tensors.output.narrow(0, s.offset, s.active);
                 at::mm_out(projected, step_output, tensors.weight_hr.t());
@@ -240,8 +254,9 @@ Tensor recurrent_forward_cuda(const SequenceShape& shape, const ForwardTensors& 
     return h;
 }
 
-std::tuple<Tensor, Tensor> recurrent_backward_cuda(const SequenceShape& shape, const BackwardTensors& tensors) {
-    const c10::cuda::CUDAGuard device_guard(tensors.output.device());
+std::tuple<Tensor, Tensor> recurrent_backward_steps(const SequenceShape& shape, const BackwardTensors& tensors) {
+    const c10::DeviceGuard device_guard(tensors.output.device());
+    const bool on_gpu = tensors.output.is_cuda();
     const int64_t B = shape.batch, H = shape.hidden, G = shape.gates, SW = shape.saved_width;
     const bool lstm = shape.cell == CellKind::lstm, gru = shape.cell == CellKind::gru;
     const auto options = tensors.output.options();
@@ -277,7 +292,7 @@ std::tuple<Tensor, Tensor> recurrent_backward_cuda(const SequenceShape& shape, c
             step.grad_hidden_gates = rows(tensors.grad_hidden_gates).data_ptr<scalar_t>();
             step.active = s->active;
             step.hidden = H;
-            launch_backward(shape.cell, step);
+            backward_step(shape.cell, step, on_gpu);
             Tensor dh_active = dh.narrow(0, 0, s->active);
             at::mm_out(dh_active, rows(tensors.grad_hidden_gates), tensors.weight_hh);
         }
