@@ -60,8 +60,11 @@ __device__ inline void recurrent_gradient(const T* weight, const float* grad, in
 #pragma unroll
                 for (int bt = 0; bt < kBackwardBatchTile; ++bt) acc[bt] += wr * grad_tile[bt * gate_rows + r];
             }
+            // Only the tile's rows are reduced: at batch 1 that is one reduction instead of kBackwardBatchTile.
 #pragma unroll
-            for (int bt = 0; bt < kBackwardBatchTile; ++bt) acc[bt] = warp_sum(acc[bt]);
+            for (int bt = 0; bt < kBackwardBatchTile; ++bt) {
+                if (bt < tile_rows) acc[bt] = warp_sum(acc[bt]);
+            }
             if (lane == 0) {
 #pragma unroll
                 for (int bt = 0; bt < kBackwardBatchTile; ++bt) {

@@ -146,11 +146,16 @@ __global__ void __launch_bounds__(kThreads, kRegisterCapBlocks)
 #pragma unroll
                     for (int bt = 0; bt < kBatchTile; ++bt) acc[bt] += wk * h_tile[bt * hidden + k];
                 }
+                // Only the tile's rows are reduced: at batch 1 that is one reduction instead of kBatchTile.
 #pragma unroll
-                for (int bt = 0; bt < kBatchTile; ++bt) acc[bt] = warp_sum(acc[bt]);
+                for (int bt = 0; bt < kBatchTile; ++bt) {
+                    if (bt < tile_rows) acc[bt] = warp_sum(acc[bt]);
+                }
                 if (lane == 0) {
 #pragma unroll
-                    for (int bt = 0; bt < kBatchTile; ++bt) preact[bt * rows + r] = acc[bt];
+                    for (int bt = 0; bt < kBatchTile; ++bt) {
+                        if (bt < tile_rows) preact[bt * rows + r] = acc[bt];
+                    }
                 }
             }
             __syncthreads();
