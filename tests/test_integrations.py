@@ -156,6 +156,7 @@ def _ddp_worker(rank, world_size, port, state, inputs, result_path):
         ddp(inputs[rank]).backward()
         if rank == 0:
             torch.save([p.grad for p in model.parameters()], result_path)
+        dist.barrier()  # as in test_deploy's FSDP worker: no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
