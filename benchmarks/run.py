@@ -22,6 +22,7 @@ import fused_rnn
 from benchmarks import report
 from benchmarks.configs import CELLS, CONFIGS, QUICK_CONFIGS, QUICK_SWEEP, STANDARD_CONFIGS, SWEEP, Config
 from benchmarks.contenders import (
+    FUSED_PREFIX,
     NAIVE,
     TORCH,
     fused_contender,
@@ -32,7 +33,7 @@ from benchmarks.contenders import (
     workload,
 )
 from benchmarks.timing import peak_memory_mb, time_runs
-from fused_rnn.backends import resolve
+from fused_rnn.backends import Workload, resolve
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fw", "fwbw")
@@ -223,6 +224,8 @@ def measure_cases(
                 break
             progress.set_postfix_str(f"{config.name} {cell} {dtype}")
             for contender in contenders:
+                if not serves(contender, config, cell, dtype, args.device):
+                    continue  # e.g. the compiled CPU kernels in bf16: a refusal, not a measurement
                 for mode in args.mode:
                     measurement = measure(config, cell, dtype, mode, contender, args)
                     if measurement.failure:
@@ -232,6 +235,19 @@ def measure_cases(
         torch.set_num_threads(threads)
     report.add_ratios(results)
     return results, not_started
+
+
+def serves(contender: str, config: Config, cell: str, dtype: str, device: torch.device) -> bool:
+    """Whether `contender` runs this case: torch.nn and the cell loop always, a fused_rnn backend when it serves the
+    device, dtype and shape (fused_rnn.backends.resolve accepts it)."""
+    if not contender.startswith(FUSED_PREFIX):
+        return True
+    workload = Workload(cell, config.batch, config.packed, training=True, hidden=config.hidden_size)
+    try:
+        resolve(contender.removeprefix(FUSED_PREFIX), device, DTYPES[dtype], workload=workload)
+    except ValueError:
+        return False
+    return True
 
 
 def measure(config: Config, cell: str, dtype: str, mode: str, contender: str, args: argparse.Namespace) -> Measurement:
