@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from fused_rnn.backends import native
+from fused_rnn.bptt import gradients_after_the_loop
 from fused_rnn.cells import CELLS
 from fused_rnn.packing import previous_hidden
 
@@ -341,16 +342,14 @@ def sequence_backward(
         grad_c0,
         grad_exchange,
     )
-    compute = (  # in needs_grad's order; only those asked for run
-        lambda: torch.mm(grad_input_gates, weight_ih),
-        lambda: grad_h0,
-        lambda: grad_c0,
-        lambda: torch.mm(grad_input_gates.t(), input),
-        lambda: torch.mm(grad_hidden_gates.t(), h_prev),
-        lambda: grad_input_gates.sum(0),
-        lambda: grad_hidden_gates.sum(0),
-        lambda: input.new_empty(0),  # no projection: the persistent kernels refuse weight_hr
-    )
-    return tuple(
-        gradient() if needed else input.new_empty(0) for gradient, needed in zip(compute, needs_grad, strict=True)
+    return gradients_after_the_loop(
+        needs_grad,
+        input,
+        h_prev,
+        weight_ih,
+        grad_input_gates,
+        grad_hidden_gates,
+        grad_h0=lambda: grad_h0,
+        grad_c0=lambda: grad_c0,
+        grad_weight_hr=lambda: input.new_empty(0),  # no projection: the persistent kernels refuse weight_hr
     )

@@ -13,6 +13,7 @@ the prefix of rows it has active, so packed sequences need no special case.
 import torch
 
 from fused_rnn.backends.triton.launch import backward_step, forward_step
+from fused_rnn.bptt import gradients_after_the_loop
 from fused_rnn.cells import CELLS
 from fused_rnn.packing import previous_hidden, time_steps
 
@@ -152,16 +153,14 @@ def sequence_backward(
         )
         torch.mm(grad_hidden_gates[rows], weight_hh, out=dh[:active])
 
-    compute = (  # in needs_grad's order; only those asked for run
-        lambda: torch.mm(grad_input_gates, weight_ih),
-        lambda: (dh + dc).to(input.dtype) if spec.is_gru else dh,
-        lambda: dc.to(input.dtype),
-        lambda: torch.mm(grad_input_gates.t(), input),
-        lambda: torch.mm(grad_hidden_gates.t(), h_prev),
-        lambda: grad_input_gates.sum(0),
-        lambda: grad_hidden_gates.sum(0),  # the same gates as the input's, except for the GRU
-        lambda: torch.mm(grad_projected.t(), projection_input),
-    )
-    return tuple(
-        gradient() if needed else input.new_empty(0) for gradient, needed in zip(compute, needs_grad, strict=True)
+    return gradients_after_the_loop(
+        needs_grad,
+        input,
+        h_prev,
+        weight_ih,
+        grad_input_gates,
+        grad_hidden_gates,
+        grad_h0=lambda: (dh + dc).to(input.dtype) if spec.is_gru else dh,
+        grad_c0=lambda: dc.to(input.dtype),
+        grad_weight_hr=lambda: torch.mm(grad_projected.t(), projection_input),
     )
