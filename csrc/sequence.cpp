@@ -12,6 +12,7 @@
 // The ops are fused_rnn_native::sequence_forward / sequence_backward; Python checks the arguments first
 // (fused_rnn/functional.py), the checks here only keep a direct call from reading out of bounds.
 #include <ATen/core/List.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -35,6 +36,42 @@ namespace fused_rnn {
 namespace {
 
 using at::Tensor;
+
+// The sequence's large GEMMs. float32 on x86-64 CPUs goes through oneDNN's matmul (torch's
+// mkldnn::_linear_pointwise, the op inductor uses for linear layers on CPU, and the library torch.nn's CPU LSTM runs
+// on): MKL's sgemm behind at::mm runs its AVX2 code on AMD CPUs where oneDNN runs AVX-512. Measured on the
+// benchmark machine (AMD EPYC, 1 thread), 6400x512 by 512x2048: 81 ms instead of 150, as accurate against
+// float64. Below ~2M multiply-adds oneDNN's per-call cost outweighs that, and elsewhere (float64, CUDA, torch
+// without oneDNN) at::addmm / at::mm run.
+using OneDnnLinear = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, std::string_view,
+                            c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>);
+
+const c10::TypedOperatorHandle<OneDnnLinear>* onednn_linear(const Tensor& a, const Tensor& b) {
+#if defined(__x86_64__) || defined(_M_X64)
+    static const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+    static const std::optional<c10::TypedOperatorHandle<OneDnnLinear>> linear =
+        handle ? std::make_optional(handle->typed<OneDnnLinear>()) : std::nullopt;
+    if (linear && a.device().is_cpu() && a.scalar_type() == at::kFloat && a.size(0) * a.size(1) * b.size(0) >= (1 << 21)) {
+        return &*linear;
+    }
+#endif
+    return nullptr;
+}
+
+// a b^T (+ bias).
+Tensor product(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias = std::nullopt) {
+    if (const auto* linear = onednn_linear(a, b)) {
+        return linear->call(a, b, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    }
+    return bias ? at::addmm(*bias, a, b.t()) : at::mm(a, b.t());
+}
+
+// g^T x, a weight's gradient, over all rows. oneDNN copies a transposed left operand to make it contiguous, so it
+// gets (x^T g)^T, whose left operand x^T is the narrower one: 68 ms instead of 95 at the shape above.
+Tensor weight_gradient(const Tensor& g, const Tensor& x) {
+    if (onednn_linear(g.t(), x.t())) return product(x.t().contiguous(), g.t()).t().contiguous();
+    return at::mm(g.t(), x);
+}
 
 struct CellSpec {
     CellKind kind;
@@ -198,9 +235,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
         // b_hh joins the input projection's bias, except the GRU's b_hn, which r multiplies.
         const Tensor folded_hh = gru ? at::cat({bias_hh->slice(0, 0, 2 * H), at::zeros({H}, input.options())})
                                      : *bias_hh;
-        input_gates = at::addmm(bias_ih->add(folded_hh), input, weight_ih.t());
+        input_gates = product(input, weight_ih, bias_ih->add(folded_hh));
     } else {
-        input_gates = at::mm(input, weight_ih.t());
+        input_gates = product(input, weight_ih);
     }
 
     const auto options = input.options();
@@ -282,14 +319,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     const auto none = [&] { return at::empty({0}, options); };
     const auto wanted = [&](int i, auto compute) { return needs_grad.get(i) ? compute() : none(); };
     return {
-        wanted(0, [&] { return at::mm(grad_input_gates, weight_ih); }),
+        wanted(0, [&] { return product(grad_input_gates, weight_ih.t()); }),
         wanted(1, [&] { return grad_h0; }),
         wanted(2, [&] { return grad_c0; }),
-        wanted(3, [&] { return at::mm(grad_input_gates.t(), input); }),
-        wanted(4, [&] { return at::mm(grad_hidden_gates.t(), tensors.previous_hidden); }),
+        wanted(3, [&] { return weight_gradient(grad_input_gates, input); }),
+        wanted(4, [&] { return weight_gradient(grad_hidden_gates, tensors.previous_hidden); }),
         wanted(5, [&] { return grad_input_gates.sum(0); }),
         wanted(6, [&] { return grad_hidden_gates.sum(0); }),
-        wanted(7, [&] { return at::mm(tensors.grad_projected.t(), projection_input); }),
+        wanted(7, [&] { return weight_gradient(tensors.grad_projected, projection_input); }),
     };
 }
 
@@ -346,7 +383,8 @@ static PyModuleDef fused_rnn_module = {
     PyModuleDef_HEAD_INIT, FUSED_RNN_NAME(TORCH_EXTENSION_NAME),
     "fused_rnn's compiled kernels; they are the torch ops torch.ops.fused_rnn_native.*", -1, nullptr};
 
-// with_cuda tells Python whether this build has the CUDA kernels (fused_rnn.backends.native.built_with_cuda).
+// with_cuda tells Python whether this build has the CUDA kernels (fused_rnn.backends.native.built_with_cuda), and
+// cpu_instruction_set which build of the CPU recurrence runs (fused_rnn.backends.native.cpu_instruction_set).
 PyMODINIT_FUNC FUSED_RNN_MODULE_INIT(TORCH_EXTENSION_NAME)(void) {
     PyObject* module = PyModule_Create(&fused_rnn_module);
 #ifdef FUSED_RNN_WITH_CUDA
@@ -354,7 +392,9 @@ PyMODINIT_FUNC FUSED_RNN_MODULE_INIT(TORCH_EXTENSION_NAME)(void) {
 #else
     constexpr long with_cuda = 0;
 #endif
-    if (module != nullptr && PyModule_AddIntConstant(module, "with_cuda", with_cuda) != 0) {
+    if (module != nullptr && (PyModule_AddIntConstant(module, "with_cuda", with_cuda) != 0 ||
+                              PyModule_AddStringConstant(module, "cpu_instruction_set",
+                                                         fused_rnn::cpu_instruction_set()) != 0)) {
         Py_DECREF(module);
         return nullptr;
     }

@@ -62,7 +62,10 @@ struct BackwardBuffers {
     scalar_t* grad_projected;     // [N, P] gradient of the projected output, or null
 };
 
-// The CPU recurrence: one parallel region for all steps (csrc/cpu/recurrence.cpp).
+// The CPU recurrence: one parallel region for all steps (csrc/cpu/recurrence.h), compiled for AVX2 and AVX-512;
+// csrc/cpu/recurrence.cpp picks one per process, and cpu_instruction_set() says which: "AVX2" or "AVX512" on
+// x86-64, "DEFAULT" (at::vec's build for the compiler's target) elsewhere.
+const char* cpu_instruction_set();
 template <typename scalar_t>
 void recurrent_forward_cpu(const SequenceShape& shape, const ForwardBuffers<scalar_t>& buffers);
 template <typename scalar_t>

@@ -161,12 +161,17 @@ def _setup_context(ctx, inputs, output):
         input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, out, saved, projection_input
     )
     ctx.mark_non_differentiable(saved, projection_input)
+    # Otherwise autograd fills a zero gradient for `saved` ([N, 5H] for the LSTM) on every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projection_input):
     *tensors, output, saved, projection_input = ctx.saved_tensors
     input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = tensors
     needs_grad = ctx.needs_input_grad[1:9]
+    grad_output = _zeros_if_none(grad_output, output)
+    grad_h_n = _zeros_if_none(grad_h_n, h0)
+    grad_c_n = _zeros_if_none(grad_c_n, c0)
     if torch.is_grad_enabled():
         grads = _differentiable_backward(ctx, tensors, needs_grad, grad_output, grad_h_n, grad_c_n)
     else:
@@ -191,6 +196,10 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projectio
         )
         grads = [g if t is not None and needed else None for g, t, needed in zip(grads, tensors, needs_grad)]
     return (None, *grads, None, None, None, None)
+
+
+def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    return torch.zeros_like(like) if grad is None and like is not None else grad
 
 
 def _differentiable_backward(ctx, tensors, needs_grad, grad_output, grad_h_n, grad_c_n):

@@ -1,5 +1,7 @@
 """The drop-in layers and cells on backend="cpu" against torch.nn's own: outputs, states and every gradient."""
 
+import platform
+
 import pytest
 import torch
 from torch import nn
@@ -90,3 +92,39 @@ def test_compiles_without_graph_breaks():
     assert_close("compiled output", expected, got, *TOLERANCE[torch.float32])
     grads = [torch.autograd.grad(o.sum(), x)[0] for o in (expected, got)]
     assert_close("compiled grad input", grads[0], grads[1], *TOLERANCE[torch.float32])
+
+
+ONEDNN = platform.machine() in ("x86_64", "AMD64") and torch.backends.mkldnn.is_available()
+
+
+@pytest.mark.skipif(not ONEDNN, reason="the float32 GEMMs go through oneDNN only on x86-64 with torch's oneDNN")
+@pytest.mark.parametrize(
+    "ours_class, extra",
+    [
+        pytest.param(fused_rnn.LSTM, {"hidden_size": 160, "proj_size": 128}, id="lstm-proj"),
+        pytest.param(fused_rnn.GRU, {"hidden_size": 128}, id="gru"),
+    ],
+)
+def test_float32_gemms_through_onednn_match_float64_torch_nn(ours_class, extra):
+    """At sizes where csrc/sequence.cpp hands the input projection and the gradient GEMMs to oneDNN (>= 2M
+    multiply-adds each), float32 results stay within float32's error of torch.nn in float64, and oneDNN ran."""
+    ours = ours_class(128, backend="cpu", **extra)
+    theirs = getattr(nn, ours_class.__name__)(128, dtype=torch.float64, **extra)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(16, 8, 128, dtype=torch.float64)
+    with torch.profiler.profile() as profile:
+        expected, got = (
+            _output_and_gradients(module, input)
+            for module, input in ((theirs, x.clone().requires_grad_()), (ours, x.float().requires_grad_()))
+        )
+    assert "mkldnn::_linear_pointwise" in {event.key for event in profile.key_averages()}
+    names = ["output", "grad input", *(f"grad {name}" for name, _ in ours.named_parameters())]
+    for name, e, g in zip(names, expected, got, strict=True):
+        relative = ((g.double() - e).norm() / e.norm()).item()
+        assert relative < 1e-5, f"{name}: relative error {relative:.1e}"
+
+
+def _output_and_gradients(module, input):
+    output, _ = module(input)
+    weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return [output, *torch.autograd.grad((output * weights.to(output.dtype)).sum(), [input, *module.parameters()])]

@@ -1,5 +1,11 @@
-"""The compiled CPU kernels (backend="cpu": csrc/cpu/recurrence.cpp driven by csrc/sequence.cpp) against the
+"""The compiled CPU kernels (backend="cpu": csrc/cpu/recurrence.h driven by csrc/sequence.cpp) against the
 reference: outputs, final states and every gradient, over every cell, odd sizes, packed, reverse, projection."""
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +54,28 @@ def test_extension_loads_and_registers_its_cpu_kernels():
     assert native.unavailable() is None
     assert native.has_kernel("sequence_forward", "cpu") and native.has_kernel("sequence_backward", "cpu")
     assert fused_rnn.available_backends()["cpu"].startswith("available")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="AVX2/AVX-512 builds exist on x86-64 only")
+def test_the_widest_instruction_set_torch_reports_runs():
+    expected = "AVX512" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "AVX2"
+    assert native.cpu_instruction_set() == expected
+    assert expected in fused_rnn.available_backends()["cpu"]
+
+
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() != "AVX512", reason="this process already runs the AVX2 build"
+)
+def test_the_avx2_build_passes_this_file_too():
+    """This process runs the AVX-512 build; ATEN_CPU_CAPABILITY=avx2 makes a child run the AVX2 one (8-wide
+    vectors, other tiles and tails) through every other test here."""
+    environment = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not avx2_build"]
+    run = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    check = "from fused_rnn.backends import native; print(native.cpu_instruction_set())"
+    child = subprocess.run([sys.executable, "-c", check], env=environment, capture_output=True, text=True)
+    assert child.stdout.strip() == "AVX2", child.stderr
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])

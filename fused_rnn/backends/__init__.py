@@ -128,7 +128,10 @@ def available_backends() -> dict[str, str]:
     }
     reason = _native_cpu_unavailable(torch.device("cpu"), torch.float32)
     if reason is None:
-        status["cpu"] = "available: compiled whole-sequence kernels on CPU tensors, float32 and float64"
+        status["cpu"] = (
+            "available: compiled whole-sequence kernels on CPU tensors, float32 and float64, "
+            f"{native.cpu_instruction_set()} build"
+        )
     else:
         status["cpu"] = f"unavailable: {reason}"
     reason = _native_cuda_unavailable(None, torch.float32)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = ("sequence.cpp", "cpu/recurrence.cpp")
+SOURCES = ("sequence.cpp", "cpu/recurrence.cpp", "cpu/recurrence_avx2.cpp", "cpu/recurrence_avx512.cpp")
 CUDA_SOURCES = (
     "cuda/recurrence.cu",
     "persistent/forward.cu",
@@ -103,6 +103,12 @@ def ops():
     if reason is not None:
         raise RuntimeError(f"fused_rnn's compiled kernels are unavailable: {reason}")
     return torch.ops.fused_rnn_native
+
+
+def cpu_instruction_set() -> str | None:
+    """Which build of the CPU recurrence runs: "AVX512" or "AVX2" on x86-64 (torch's CPU capability, so
+    ATEN_CPU_CAPABILITY=avx2 forces the narrower one), "DEFAULT" elsewhere; None when the kernels are not loaded."""
+    return _module.cpu_instruction_set if unavailable() is None else None
 
 
 def built_with_cuda() -> bool:
