@@ -60,7 +60,13 @@ def test_two_layer_bidirectional_matches_torch_nn(ours_class, torch_class, extra
 @pytest.mark.parametrize("ours_class, torch_class, extra", LAYERS)
 def test_packed_batch_first_matches_torch_nn(ours_class, torch_class, extra):
     ours, theirs = twins(
-        ours_class, torch_class, torch.float64, input_size=3, hidden_size=7, batch_first=True, bidirectional=True,
+        ours_class,
+        torch_class,
+        torch.float64,
+        input_size=3,
+        hidden_size=7,
+        batch_first=True,
+        bidirectional=True,
         **extra,
     )
     padded = torch.randn(4, 5, 3, dtype=torch.float64)
@@ -70,8 +76,9 @@ def test_packed_batch_first_matches_torch_nn(ours_class, torch_class, extra):
 
 
 @pytest.mark.parametrize(
-    "ours_class, torch_class", [(fused_rnn.LSTMCell, nn.LSTMCell), (fused_rnn.GRUCell, nn.GRUCell),
-                                (fused_rnn.RNNCell, nn.RNNCell)], ids=["lstm", "gru", "rnn"]
+    "ours_class, torch_class",
+    [(fused_rnn.LSTMCell, nn.LSTMCell), (fused_rnn.GRUCell, nn.GRUCell), (fused_rnn.RNNCell, nn.RNNCell)],
+    ids=["lstm", "gru", "rnn"],
 )
 def test_cells_match_torch_nn(ours_class, torch_class):
     ours, theirs = twins(ours_class, torch_class, torch.float64, input_size=4, hidden_size=6)

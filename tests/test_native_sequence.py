@@ -167,8 +167,14 @@ def test_small_signals_keep_their_relative_precision(cell):
     c0 = c0.detach() * 1e-4 if c0 is not None else None
     ours = functional.sequence(cell, x, h0, c0, *weights, None, False, "cpu")[0]
     exact = functional.sequence(
-        cell, x.double(), h0.double(), c0.double() if c0 is not None else None,
-        *[w.double() if w is not None else None for w in weights], None, False, "reference",
+        cell,
+        x.double(),
+        h0.double(),
+        c0.double() if c0 is not None else None,
+        *[w.double() if w is not None else None for w in weights],
+        None,
+        False,
+        "reference",
     )[0]
     assert ((ours.double() - exact).norm() / exact.norm()).item() < 1e-6
 
@@ -192,9 +198,7 @@ def test_inference_saves_nothing_and_matches():
     with torch.no_grad():
         ours = functional.sequence("lstm", x, h0, c0, *weights, None, False, "cpu")
         rows = x.reshape(-1, 4)
-        *_, saved, projection_input = native.ops().sequence_forward(
-            "lstm", rows, h0, c0, *weights, None, False, False
-        )
+        *_, saved, projection_input = native.ops().sequence_forward("lstm", rows, h0, c0, *weights, None, False, False)
         ref = functional.sequence("lstm", x, h0, c0, *weights, None, False, "reference")
     assert saved.numel() == 0 and projection_input.numel() == 0
     for name, r, o in zip(["output", "h_n", "c_n"], ref, ours):
