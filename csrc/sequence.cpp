@@ -25,6 +25,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <string>
 #include <string_view>
@@ -144,22 +145,46 @@ SequenceShape sequence_shape(std::string_view cell, const Tensor& input, const T
     return shape;
 }
 
+// Whether every step has all B rows (padded input): then the rows a step reads and writes are plain slices, and
+// no row index has to be built on the host and copied to a GPU on every call.
+bool every_step_full(const SequenceShape& shape) {
+    return std::all_of(shape.steps.begin(), shape.steps.end(),
+                       [&](const Step& step) { return step.active == shape.batch; });
+}
+
 // The hidden state each row's step started from, (N, H_out): the previous visited step's output row while the
 // row was active there, else h0 (as fused_rnn.packing.previous_hidden).
 Tensor previous_hidden(const SequenceShape& shape, const Tensor& output, const Tensor& h0) {
-    std::vector<int64_t> index(output.size(0));
+    const int64_t N = output.size(0), B = shape.batch;
+    if (every_step_full(shape)) {
+        const bool forward_in_time = shape.steps.front().offset == 0;
+        return forward_in_time ? at::cat({h0, output.slice(0, 0, N - B)}) : at::cat({output.slice(0, B, N), h0});
+    }
+    std::vector<int64_t> index(N);
     for (size_t s = 0; s < shape.steps.size(); ++s) {
         const Step step = shape.steps[s];
         const Step previous = s > 0 ? shape.steps[s - 1] : Step{0, 0};
         for (int64_t b = 0; b < step.active; ++b) {
-            index[step.offset + b] = b < previous.active ? previous.offset + b : output.size(0) + b;
+            index[step.offset + b] = b < previous.active ? previous.offset + b : N + b;
         }
     }
     return at::cat({output, h0}).index_select(0, at::tensor(index, output.options().dtype(at::kLong)));
 }
 
-// The CPU loop's raw pointers to the driver's tensors; returns h_n: for each b, the output row of the last step
-// (in visiting order) that b was active in.
+// h_n: for each b, the output row of the last step (in visiting order) that b was active in.
+Tensor final_hidden(const SequenceShape& shape, const Tensor& output) {
+    if (every_step_full(shape)) {
+        const int64_t offset = shape.steps.back().offset;
+        return output.slice(0, offset, offset + shape.batch).clone();  // a custom op's outputs must not alias
+    }
+    std::vector<int64_t> last_row(shape.batch);
+    for (const Step step : shape.steps) {
+        for (int64_t b = 0; b < step.active; ++b) last_row[b] = step.offset + b;
+    }
+    return output.index_select(0, at::tensor(last_row, output.options().dtype(at::kLong)));
+}
+
+// The CPU loop's raw pointers to the driver's tensors; returns h_n.
 Tensor run_forward_cpu(const SequenceShape& shape, const ForwardTensors& tensors, bool save) {
     AT_DISPATCH_FLOATING_TYPES(tensors.output.scalar_type(), "fused_rnn sequence_forward", [&] {
         const auto pointer = [](const Tensor& t) { return t.defined() && t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
@@ -176,11 +201,7 @@ Tensor run_forward_cpu(const SequenceShape& shape, const ForwardTensors& tensors
         buffers.projection_input_per_row = save;
         recurrent_forward_cpu<scalar_t>(shape, buffers);
     });
-    std::vector<int64_t> last_row(shape.batch);
-    for (const Step step : shape.steps) {
-        for (int64_t b = 0; b < step.active; ++b) last_row[b] = step.offset + b;
-    }
-    return tensors.output.index_select(0, at::tensor(last_row, tensors.output.options().dtype(at::kLong)));
+    return final_hidden(shape, tensors.output);
 }
 
 std::tuple<Tensor, Tensor> run_backward_cpu(const SequenceShape& shape, const BackwardTensors& tensors,
