@@ -7,6 +7,8 @@ Contenders, all float32 and all computing h' = relu(x W^T + b + u * h) over the 
   of `relu(xw[t] + u * h)`, outputs stacked. The fairest baseline: the same equations, no library.
 - plain_loop_compiled: torch.compile(plain_loop, fullgraph=True) (inductor; the loop unrolls over T).
 - fused_rnn_reference: fused_rnn.indrnn's oracle, one `x W^T` per step (backend="reference").
+- fused_rnn_torch: the fused op with its recurrence as a loop of in-place torch ops (backend="torch").
+- fused_rnn_cpu: the fused op with its recurrence as one compiled C++ parallel region (backend="cpu").
 - fused_rnn_auto: what fused_rnn.IndRNN runs on CPU with backend="auto".
 Each contender's output is checked against the float64 reference before it is timed.
 Writes OUT.json (the rows) and OUT.md (the table, with ratios to plain_loop).
@@ -51,6 +53,8 @@ def contenders():
         "plain_loop": plain_loop,
         "plain_loop_compiled": torch.compile(plain_loop, fullgraph=True, dynamic=False),
         "fused_rnn_reference": fused_rnn_path("reference"),
+        "fused_rnn_torch": fused_rnn_path("torch"),
+        "fused_rnn_cpu": fused_rnn_path("cpu"),
         "fused_rnn_auto": fused_rnn_path("auto"),
     }
 

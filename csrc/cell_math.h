@@ -4,7 +4,7 @@
 // Every function is a template over the value type V: a scalar (float for fp32/fp16/bf16 storage, double for
 // fp64) on the GPU and in scalar CPU code, or an at::vec::Vectorized<float/double> in the vectorized CPU kernel.
 // The only operations V needs besides + - * are those of Activations<V>; the scalar ones are defined here,
-// the vectorized ones next to the CPU kernel (csrc/cpu/sequence.cpp). So the CPU tests execute the very
+// the vectorized ones in csrc/cpu/vectorized_activations.h. So the CPU tests execute the very
 // formulas the GPU runs.
 //
 // The pre-activations passed in already include both biases (GRU: except the n gate's b_hn, which must be

@@ -34,6 +34,28 @@
 #include "sequence.h"
 
 namespace fused_rnn {
+
+std::vector<Step> time_steps(int64_t rows, int64_t batch, at::OptionalIntArrayRef batch_sizes,
+                             bool reverse) {
+    std::vector<Step> steps;
+    int64_t offset = 0;
+    if (batch_sizes.has_value()) {
+        for (const int64_t active : *batch_sizes) {
+            TORCH_CHECK(active >= 1 && active <= batch, "batch_sizes must lie in [1, batch]");
+            TORCH_CHECK(steps.empty() || active <= steps.back().active, "batch_sizes must not increase");
+            steps.push_back({offset, active});
+            offset += active;
+        }
+    } else {
+        TORCH_CHECK(rows % batch == 0, "input rows must be steps * batch");
+        for (; offset < rows; offset += batch) steps.push_back({offset, batch});
+    }
+    TORCH_CHECK(offset == rows, "batch_sizes sum to ", offset, " but input has ", rows, " rows");
+    TORCH_CHECK(!steps.empty(), "input must have at least one time step");
+    if (reverse) std::reverse(steps.begin(), steps.end());
+    return steps;
+}
+
 namespace {
 
 using at::Tensor;
@@ -125,23 +147,7 @@ SequenceShape sequence_shape(std::string_view cell, const Tensor& input, const T
                 "weight_hh must be (", spec.gates, " * hidden, hidden_out)");
     TORCH_CHECK(shape.projected ? spec.kind == CellKind::lstm : shape.hidden_out == shape.hidden,
                 "h0 must have hidden_size columns (proj_size for a projected LSTM)");
-    const int64_t rows = input.size(0);
-    int64_t offset = 0;
-    if (batch_sizes.has_value()) {
-        for (const int64_t active : *batch_sizes) {
-            TORCH_CHECK(active >= 1 && active <= shape.batch, "batch_sizes must lie in [1, batch]");
-            TORCH_CHECK(shape.steps.empty() || active <= shape.steps.back().active,
-                        "batch_sizes must not increase");
-            shape.steps.push_back({offset, active});
-            offset += active;
-        }
-    } else {
-        TORCH_CHECK(rows % shape.batch == 0, "input rows must be steps * batch");
-        for (; offset < rows; offset += shape.batch) shape.steps.push_back({offset, shape.batch});
-    }
-    TORCH_CHECK(offset == rows, "batch_sizes sum to ", offset, " but input has ", rows, " rows");
-    TORCH_CHECK(!shape.steps.empty(), "input must have at least one time step");
-    if (reverse) std::reverse(shape.steps.begin(), shape.steps.end());
+    shape.steps = time_steps(input.size(0), shape.batch, batch_sizes, reverse);
     return shape;
 }
 
@@ -369,6 +375,9 @@ constexpr const char* kBackwardSignature =
 TORCH_LIBRARY(fused_rnn_native, m) {
     m.def((std::string("sequence_forward") + kForwardSignature).c_str());
     m.def((std::string("sequence_backward") + kBackwardSignature).c_str());
+    // The driver's GEMMs (oneDNN for large float32 on x86-64), for the other fused ops' CPU paths (IndRNN's).
+    m.def("product(Tensor a, Tensor b, Tensor? bias) -> Tensor");  // a b^T (+ bias)
+    m.def("weight_gradient(Tensor g, Tensor x) -> Tensor");         // g^T x
 #ifdef FUSED_RNN_WITH_CUDA
     // The CUDA path's step loop on CPU tensors, its kernels' bodies run on the host: for the CPU tests of that path.
     m.def((std::string("sequence_forward_step_loop") + kForwardSignature).c_str());
@@ -379,6 +388,10 @@ TORCH_LIBRARY(fused_rnn_native, m) {
 TORCH_LIBRARY_IMPL(fused_rnn_native, CPU, m) {
     m.impl("sequence_forward", &fused_rnn::sequence_forward<false>);
     m.impl("sequence_backward", &fused_rnn::sequence_backward<false>);
+    m.impl("product", [](const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias) {
+        return fused_rnn::product(a, b, bias);
+    });
+    m.impl("weight_gradient", &fused_rnn::weight_gradient);
 #ifdef FUSED_RNN_WITH_CUDA
     m.impl("sequence_forward_step_loop", &fused_rnn::sequence_forward<true>);
     m.impl("sequence_backward_step_loop", &fused_rnn::sequence_backward<true>);

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -20,6 +21,12 @@ struct Step {
     int64_t offset;
     int64_t active;
 };
+
+// The steps of N time-major rows of `batch` sequences (padded when batch_sizes is absent, else packed with those
+// non-increasing active counts), in the order a direction visits them: last to first when reverse. Checks the
+// layout (TORCH_CHECK).
+std::vector<Step> time_steps(int64_t rows, int64_t batch, at::OptionalIntArrayRef batch_sizes,
+                             bool reverse);
 
 struct SequenceShape {
     CellKind cell;

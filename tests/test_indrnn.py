@@ -1,5 +1,6 @@
-"""IndRNN: the Triton kernel (interpreter on CPU) and the torch loop against the reference, and the reference and
-the modules against plain loops written here; gradcheck, double backward, torch.compile, low precision, errors."""
+"""IndRNN: the Triton kernel (interpreter on CPU), the compiled C++ kernel and the torch loop against the reference,
+and the reference and the modules against plain loops written here; gradcheck, double backward, torch.compile, low
+precision, errors."""
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from checks import DEVICE, TOLERANCE, assert_close, assert_within_twice_torch_er
 from layers import packed_batch_sizes
 
 NAMES = ["input", "h0", "weight_ih", "weight_hh", "bias_ih"]
-FUSED = ["triton", "torch"]
+# The compiled kernel ("cpu") runs CPU tensors in float32/float64; the others any device and dtype.
+FUSED = ["triton", "torch", *(["cpu"] if DEVICE.type == "cpu" else [])]
+ANY_DTYPE = ["triton", "torch"]
 SHAPES = [  # T, B, I, H
     pytest.param(1, 1, 1, 1, id="T1-B1-I1-H1"),
     pytest.param(1, 3, 5, 7, id="T1-B3-I5-H7"),
@@ -95,6 +98,21 @@ def test_packed(backend, lengths, reverse):
     )
 
 
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the compiled kernel runs CPU tensors")
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cpu_kernel_splits_lanes_across_threads_and_stays_exact(reverse):
+    """Enough (row, unit block) lanes per step that the compiled kernel hands them to several threads (packed,
+    ragged, so rows leave and join), against the reference in float64."""
+    lengths = [4] * 100 + [3] * 50 + [1] * 10
+    tensors = leaves(None, len(lengths), 3, 1100, rows=sum(lengths))
+    batch_sizes = packed_batch_sizes(lengths)
+    assert_match(
+        outputs_and_gradients("reference", tensors, "tanh", batch_sizes, reverse),
+        outputs_and_gradients("cpu", tensors, "tanh", batch_sizes, reverse),
+        torch.float64,
+    )
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_without_bias_and_without_h0(backend):
     x, _, weight_ih, u, _ = leaves(3, 2, 4, 5, bias=False)
@@ -126,7 +144,7 @@ def test_double_backward_recomputes_through_the_reference(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", ANY_DTYPE)
 def test_low_precision_within_twice_torch_error(backend, dtype):
     """Against the float64 reference, our error is at most twice that of the reference run in the same dtype."""
     exact_leaves = leaves(8, 3, 6, 40)
@@ -141,7 +159,7 @@ def test_low_precision_within_twice_torch_error(backend, dtype):
         assert_within_twice_torch_error(f"grad {name}", e, o, t, floor=1e-3 * e.abs().max().item())
 
 
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", ANY_DTYPE)
 def test_low_precision_carries_the_state_in_float32(backend):
     """h grows by 1e-3 per step from 1 (u = 1): a bfloat16 state (spacing 2**-7 at 1) would never move."""
     steps, hidden = 64, 3
@@ -154,9 +172,12 @@ def test_low_precision_carries_the_state_in_float32(backend):
     assert_close("h_n", torch.full_like(h_n, exact.item(), dtype=torch.float64), h_n, atol=0, rtol=2**-8)
 
 
-def test_triton_is_deterministic():
-    tensors = leaves(5, 6, 4, 9)
-    first, second = (outputs_and_gradients("triton", tensors, "relu") for _ in range(2))
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_fused_kernels_are_deterministic(backend):
+    if backend == "cpu" and DEVICE.type != "cpu":
+        pytest.skip("the compiled kernel runs CPU tensors")
+    tensors = leaves(5, 6, 4, 9) if backend == "triton" else leaves(7, 9, 4, 300, dtype=torch.float32)
+    first, second = (outputs_and_gradients(backend, tensors, "relu") for _ in range(2))
     for a, b in zip([*first[0], *first[1]], [*second[0], *second[1]]):
         assert torch.equal(a, b)
 
@@ -181,7 +202,7 @@ def per_sequence_oracle(layer, padded, lengths, h0):
     return outputs, torch.cat(finals, 1)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+@pytest.mark.parametrize("backend", ["triton", "cpu", "torch", "reference"])
 def test_module_bidirectional_two_layers_on_unsorted_packed_input(backend):
     lengths = [3, 5, 1, 4]
     layer = fused_rnn.IndRNN(3, 4, num_layers=2, bidirectional=True, nonlinearity="tanh", backend=backend)
@@ -241,9 +262,17 @@ def test_parameters_and_init():
     assert not any(name.startswith("bias") for name, _ in fused_rnn.IndRNN(3, 4, bias=False).named_parameters())
 
 
-def test_auto_on_cpu_runs_the_torch_loop_not_the_interpreter():
-    assert functional.chosen_backend("auto", torch.device("cpu"), torch.float32) == "torch"
+def test_auto_on_cpu_runs_the_compiled_kernel_or_the_torch_loop_never_the_interpreter():
+    assert functional.chosen_backend("auto", torch.device("cpu"), torch.float32) == "cpu"
+    assert functional.chosen_backend("auto", torch.device("cpu"), torch.float64) == "cpu"
     assert functional.chosen_backend("auto", torch.device("cpu"), torch.bfloat16) == "torch"
+
+
+def test_cpu_backend_refuses_what_it_cannot_run_by_name():
+    with pytest.raises(ValueError, match="backend='cpu'.*dtype torch.bfloat16"):
+        functional.chosen_backend("cpu", torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(ValueError, match="backend='cpu'.*CPU tensors only"):
+        functional.chosen_backend("cpu", torch.device("meta"), torch.float32)
 
 
 @pytest.mark.parametrize("backend", ["triton", "auto"])
@@ -283,7 +312,7 @@ def test_bad_input_is_rejected_with_named_errors():
         (ValueError, "input must be 3-D", {"input": x[0]}),
         (TypeError, "floating-point", {"input": x.long()}),
         (ValueError, "nonlinearity must be", {"nonlinearity": "gelu"}),
-        (ValueError, "backend must be one of", {"backend": "cpu"}),
+        (ValueError, "backend must be one of", {"backend": "cuda"}),
         (ValueError, "batch_sizes must be positive and non-increasing", {"input": x[0], "batch_sizes": [1, 2]}),
         (ValueError, "batch_sizes sum to", {"input": x[0], "batch_sizes": [2, 2]}),
     ]

@@ -24,17 +24,9 @@
 
 #include "../cell_math.h"
 #include "../sequence.h"
+#include "vectorized_activations.h"
 
 namespace fused_rnn {
-
-template <typename T>
-struct Activations<at::vec::Vectorized<T>> {
-    using V = at::vec::Vectorized<T>;
-    static V sigmoid(V x) { return (V(1) + x.neg().exp()).reciprocal(); }
-    static V tanh(V x) { return x.tanh(); }  // SLEEF's u10 tanh: 1 ulp, so accurate in relative terms near 0
-    static V relu(V x) { return V::blendv(x, V(0), x < V(0)); }  // NaN stays NaN, as in torch.relu
-    static V relu_backward(V h, V dh) { return V::blendv(V(0), dh, h > V(0)); }
-};
 
 namespace {
 

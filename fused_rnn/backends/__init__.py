@@ -57,7 +57,7 @@ class Workload(NamedTuple):
     projected: bool = False
 
 
-def _native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+def native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why the compiled CPU kernels cannot run a call on `device`/`dtype`, or None when they can."""
     if device.type != "cpu":
         return f"it runs CPU tensors only, got {device.type}"
@@ -126,7 +126,7 @@ def available_backends() -> dict[str, str]:
         "reference": "available: plain PyTorch ops on any device and dtype (the oracle; slow)",
         "torch": "available: torch.nn's own kernels (oneDNN on CPU, cuDNN on GPU); what 'auto' runs on CPU",
     }
-    reason = _native_cpu_unavailable(torch.device("cpu"), torch.float32)
+    reason = native_cpu_unavailable(torch.device("cpu"), torch.float32)
     if reason is None:
         status["cpu"] = (
             "available: compiled whole-sequence kernels on CPU tensors, float32 and float64, "
@@ -185,7 +185,7 @@ def resolve(
     if backend in ("reference", "torch"):
         return backend
     if backend == "cpu":
-        reason = _native_cpu_unavailable(device, dtype)
+        reason = native_cpu_unavailable(device, dtype)
         if reason is not None:
             raise ValueError(f"backend='cpu' cannot run here: {reason}")
         return backend
@@ -210,6 +210,6 @@ def resolve(
         return backend
     if device.type == "cuda":
         return "triton" if reason is None else "reference"
-    if workload is not None and native_cpu_is_faster(workload) and _native_cpu_unavailable(device, dtype) is None:
+    if workload is not None and native_cpu_is_faster(workload) and native_cpu_unavailable(device, dtype) is None:
         return "cpu"
     return "torch"

@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = ("sequence.cpp", "cpu/recurrence.cpp", "cpu/recurrence_avx2.cpp", "cpu/recurrence_avx512.cpp")
+SOURCES = (
+    "sequence.cpp",
+    "cpu/recurrence.cpp",
+    "cpu/recurrence_avx2.cpp",
+    "cpu/recurrence_avx512.cpp",
+    "cpu/indrnn.cpp",
+)
 CUDA_SOURCES = (
     "cuda/recurrence.cu",
     "persistent/forward.cu",

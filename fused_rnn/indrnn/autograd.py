@@ -1,8 +1,9 @@
 """IndRNN's fused sequence as registered torch.library ops, with their autograd formula.
 
 `fused_rnn::indrnn_forward` runs one direction of one layer: the input projection of all steps as one GEMM, then
-the whole recurrence, as one Triton kernel (kernel="triton") or a loop of in-place torch ops (kernel="torch", the
-CPU path). `fused_rnn::indrnn_backward` runs the reverse walk, which yields the pre-activation gradient of every
+the whole recurrence, as one Triton kernel (kernel="triton"), one compiled C++ parallel region (kernel="cpu") or
+a loop of in-place torch ops (kernel="torch").
+`fused_rnn::indrnn_backward` runs the reverse walk, which yields the pre-activation gradient of every
 row and du, then dW, db and dx as single GEMMs/reductions. Fake implementations let torch.compile trace them with
 no graph break. When the backward must itself be differentiable (create_graph=True), it recomputes through the
 reference, so higher-order gradients are exact.
@@ -16,15 +17,41 @@ from fused_rnn.indrnn import reference
 
 
 def _recurrence(kernel: str):
-    """The module with recurrence_forward/recurrence_backward for `kernel`, "triton" or "torch"."""
+    """The module with recurrence_forward/recurrence_backward for `kernel`, "triton", "cpu" or "torch"."""
     if kernel == "torch":
         from fused_rnn.indrnn import torch_loop
 
         return torch_loop
+    if kernel == "cpu":
+        from fused_rnn.indrnn import compiled
+
+        return compiled
     # Imported on first use so that importing fused_rnn never compiles or interprets Triton code.
     from fused_rnn.backends.triton import indrnn
 
     return indrnn
+
+
+class _TorchGemms:
+    @staticmethod
+    def product(a, b, bias):
+        """a b^T (+ bias)."""
+        return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
+
+    @staticmethod
+    def weight_gradient(g, x):
+        """g^T x."""
+        return torch.mm(g.t(), x)
+
+
+def _gemms(kernel: str):
+    """The GEMMs around the recurrence: on the compiled CPU path the C++ driver's (oneDNN for large float32 on
+    x86-64, where torch.mm's MKL runs AVX2 code on AMD CPUs; csrc/sequence.cpp), else torch's."""
+    if kernel == "cpu":
+        from fused_rnn.backends import native
+
+        return native.ops()
+    return _TorchGemms
 
 
 def _on_device_of(tensor: torch.Tensor):
@@ -51,16 +78,13 @@ def indrnn_forward(
         bias_ih: (H,) or None. All contiguous.
         batch_sizes: active rows per step for packed input, None for N = T * B padded rows.
         reverse: run from the last step to the first. nonlinearity: "relu" or "tanh".
-        kernel: what runs the recurrence, "triton" or "torch".
+        kernel: what runs the recurrence, "triton", "cpu" or "torch".
 
     Returns:
         output (N, H) and h_n (B, H).
     """
     with _on_device_of(input):
-        if bias_ih is None:
-            projection = torch.mm(input, weight_ih.t())
-        else:
-            projection = torch.addmm(bias_ih, input, weight_ih.t())
+        projection = _gemms(kernel).product(input, weight_ih, bias_ih)
         return _recurrence(kernel).recurrence_forward(
             projection, weight_hh, h0, batch_sizes, reverse, nonlinearity == "relu"
         )
@@ -93,10 +117,11 @@ def indrnn_backward(
         )
         need_input, need_h0, need_weight_ih, need_weight_hh, need_bias = needs_grad
         empty = lambda: input.new_empty(0)  # one per absent gradient: a custom op's outputs may not alias each other
+        gemms = _gemms(kernel)
         return (
-            torch.mm(grad_pre, weight_ih) if need_input else empty(),
+            gemms.product(grad_pre, weight_ih.t(), None) if need_input else empty(),
             grad_h0 if need_h0 else empty(),
-            torch.mm(grad_pre.t(), input) if need_weight_ih else empty(),
+            gemms.weight_gradient(grad_pre, input) if need_weight_ih else empty(),
             grad_u if need_weight_hh else empty(),
             grad_pre.sum(0) if need_bias else empty(),
         )

@@ -4,18 +4,14 @@ from collections.abc import Sequence
 
 import torch
 
-from fused_rnn.backends import resolve
+from fused_rnn.backends import native_cpu_unavailable, resolve
 from fused_rnn.functional import checked_state
 from fused_rnn.indrnn import autograd, reference
 from fused_rnn.indrnn.reference import NONLINEARITIES
 
 Tensor = torch.Tensor
 
-BACKENDS = ("auto", "triton", "torch", "reference")
-# "auto" on CPU: the fused op with its recurrence as a loop of in-place torch ops ("torch") was faster than the
-# reference at every shape measured, forward and forward+backward (benchmarks/results/variants_cpu.md). The
-# Triton interpreter is never picked: it is for tests.
-CPU_AUTO = "torch"
+BACKENDS = ("auto", "triton", "cpu", "torch", "reference")
 
 
 def checked_backend(backend: str) -> str:
@@ -39,6 +35,11 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, state
     fits = state_elements < 2**31
     if checked_backend(backend) == "triton":
         return resolve("triton", device, dtype, fits)  # raises, naming what is missing, when Triton cannot run here
+    if backend == "cpu":
+        reason = native_cpu_unavailable(device, dtype)
+        if reason is not None:
+            raise ValueError(f"backend='cpu' cannot run here: {reason}")
+        return backend
     if backend != "auto":
         return backend
     if device.type == "cuda":
@@ -46,7 +47,11 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, state
             return resolve("triton", device, dtype, fits)
         except ValueError:  # e.g. triton not installed, an unsupported dtype, a batch too large
             return "reference"
-    return CPU_AUTO if device.type == "cpu" else "reference"
+    if device.type != "cpu":
+        return "reference"
+    # On CPU the compiled kernel ("cpu", float32/float64) was the fastest at every shape measured, and the loop of
+    # torch ops ("torch") the next (benchmarks/results/variants_cpu.md). The Triton interpreter is for tests.
+    return "cpu" if native_cpu_unavailable(device, dtype) is None else "torch"
 
 
 def indrnn(
@@ -70,8 +75,10 @@ def indrnn(
         nonlinearity: "relu" (the paper's choice) or "tanh".
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
         reverse: run from the last time step to the first (the backward direction of a bidirectional layer).
-        backend: "auto", "triton" (the recurrence as one Triton kernel), "torch" (the same op with the recurrence
-            as a loop of in-place torch ops; CPU's "auto") or "reference" (step by step, autograd's backward).
+        backend: "auto", "triton" (the recurrence as one Triton kernel), "cpu" (as one compiled C++ parallel region,
+            float32/float64 CPU tensors; CPU's "auto"), "torch" (the same op with the recurrence as a loop of
+            in-place torch ops; CPU's "auto" for float16/bfloat16) or "reference" (step by step, autograd's
+            backward).
 
     Returns:
         output (T, B, H) or (N, H), and h_n (B, H).
