@@ -342,3 +342,29 @@ def test_triton_refuses_a_state_too_large_for_32_bit_offsets():
     weight_ih, weight_hh = torch.zeros(hidden, 1), torch.zeros(hidden)
     with pytest.raises(ValueError, match="backend='triton' cannot run here: batch x hidden_size is too large"):
         functional.indrnn(x, hx, weight_ih, weight_hh, backend="triton")
+
+
+def test_autocast_runs_in_its_lower_precision_like_torch_nn():
+    """Under CPU autocast to bfloat16 the layer runs in bfloat16 (as torch.nn's recurrent layers), close to the
+    float64 result within bfloat16's error; float64 input is left alone."""
+    layer = fused_rnn.IndRNN(3, 6, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    exact, _ = layer.double()(x.double())
+    layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, h_n = layer(x)
+        double_output, _ = layer.double()(x.double())
+    layer.float()
+    assert output.dtype == h_n.dtype == torch.bfloat16 and double_output.dtype == torch.float64
+    assert ((output.double() - exact).norm() / exact.norm()).item() < 3e-2
+
+
+def test_weights_only_load_and_torch_export_keep_the_outputs(tmp_path):
+    layer = fused_rnn.IndRNN(3, 5, num_layers=2, bidirectional=True, nonlinearity="tanh")
+    x = torch.randn(4, 2, 3)
+    torch.save(layer, tmp_path / "layer.pt")
+    loaded = torch.load(tmp_path / "layer.pt", weights_only=True)
+    assert type(loaded) is fused_rnn.IndRNN and torch.equal(loaded(x)[0], layer(x)[0])
+    program = torch.export.export(layer, (x,))
+    other = torch.randn(4, 2, 3)
+    assert torch.equal(program.module()(other)[0], layer(other)[0])

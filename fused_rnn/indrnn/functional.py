@@ -6,6 +6,7 @@ import torch
 
 from fused_rnn.backends import native_cpu_unavailable, resolve
 from fused_rnn.functional import checked_state
+from fused_rnn.modules import _autocast, _autocast_dtype
 from fused_rnn.indrnn import autograd, reference
 from fused_rnn.indrnn.reference import NONLINEARITIES
 
@@ -85,6 +86,9 @@ def indrnn(
     """
     checked_nonlinearity(nonlinearity)
     batch_sizes = _checked_layout(input, batch_sizes)
+    # Under autocast run in its lower precision, as torch.nn's recurrent layers do (float64 stays float64).
+    cast = _autocast_dtype(input.device.type)
+    input, hx, weight_ih, weight_hh, bias_ih = (_autocast(t, cast) for t in (input, hx, weight_ih, weight_hh, bias_ih))
     _check_weights(input, weight_ih, weight_hh, bias_ih)
     batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
     h0 = checked_state("hx", hx, input, (batch, weight_hh.shape[0]))
