@@ -6,9 +6,9 @@ import torch
 
 from fused_rnn.backends import native_cpu_unavailable, resolve
 from fused_rnn.functional import checked_state
-from fused_rnn.modules import _autocast, _autocast_dtype
 from fused_rnn.indrnn import autograd, reference
 from fused_rnn.indrnn.reference import NONLINEARITIES
+from fused_rnn.modules import _autocast, _autocast_dtype
 
 Tensor = torch.Tensor
 
