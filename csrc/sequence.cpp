@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <array>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -190,12 +191,28 @@ Tensor final_hidden(const SequenceShape& shape, const Tensor& output) {
     return output.index_select(0, at::tensor(last_row, output.options().dtype(at::kLong)));
 }
 
-// The CPU loop's raw pointers to the driver's tensors; returns h_n.
-Tensor run_forward_cpu(const SequenceShape& shape, const ForwardTensors& tensors, bool save) {
+// The input gates the CPU loop holds at once: up to this many bytes' worth of whole steps (at least one step). The
+// whole sequence's would double an inference call's memory (torch.nn's oneDNN LSTM needs about half of that).
+constexpr int64_t kInputGatesBytes = 8 << 20;
+
+// The CPU loop's raw pointers to the driver's tensors; returns h_n. input_gates_of_rows(first, end): the input
+// gates of rows [first, end), computed per batch of steps as the loop reaches them.
+Tensor run_forward_cpu(const SequenceShape& shape, const ForwardTensors& tensors, bool save,
+                       const std::function<Tensor(int64_t, int64_t)>& input_gates_of_rows) {
     AT_DISPATCH_FLOATING_TYPES(tensors.output.scalar_type(), "fused_rnn sequence_forward", [&] {
         const auto pointer = [](const Tensor& t) { return t.defined() && t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
         ForwardBuffers<scalar_t> buffers{};
-        buffers.input_gates = pointer(tensors.input_gates);
+        const int64_t step_bytes = shape.batch * shape.gates * shape.hidden * int64_t{sizeof(scalar_t)};
+        buffers.steps_per_projection = std::max<int64_t>(1, kInputGatesBytes / step_bytes);
+        Tensor current;  // the batch of steps' input gates, kept alive until the next batch replaces it
+        buffers.input_gates = [&](int64_t begin, int64_t end) {
+            const Step first = shape.steps[begin], last = shape.steps[end - 1];  // in visiting order
+            const int64_t first_row = std::min(first.offset, last.offset);
+            const int64_t end_row = std::max(first.offset + first.active, last.offset + last.active);
+            current = Tensor();  // freed before its successor is allocated
+            current = input_gates_of_rows(first_row, end_row);
+            return InputGates<scalar_t>{current.data_ptr<scalar_t>(), first_row};
+        };
         buffers.bias_hn = pointer(tensors.bias_hn);
         buffers.weight_hh = pointer(tensors.weight_hh);
         buffers.weight_hr = pointer(tensors.weight_hr);
@@ -255,22 +272,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     if (weight_hr) check_tensor("weight_hr", *weight_hr, input, {H_out, H});
     TORCH_CHECK(bias_ih.has_value() == bias_hh.has_value(), "bias_ih and bias_hh go together");
 
-    Tensor input_gates;
+    std::optional<Tensor> projection_bias;
     if (bias_ih) {
         check_tensor("bias_ih", *bias_ih, input, {G * H});
         check_tensor("bias_hh", *bias_hh, input, {G * H});
         // b_hh joins the input projection's bias, except the GRU's b_hn, which r multiplies.
         const Tensor folded_hh = gru ? at::cat({bias_hh->slice(0, 0, 2 * H), at::zeros({H}, input.options())})
                                      : *bias_hh;
-        input_gates = product(input, weight_ih, bias_ih->add(folded_hh));
-    } else {
-        input_gates = product(input, weight_ih);
+        projection_bias = bias_ih->add(folded_hh);
     }
+    const auto input_gates_of_rows = [&](int64_t first, int64_t end) {
+        return product(input.slice(0, first, end), weight_ih, projection_bias);
+    };
 
     const auto options = input.options();
     const auto math_options = options.dtype(math_dtype(input));
     ForwardTensors tensors;
-    tensors.input_gates = input_gates;
     if (gru && bias_hh) tensors.bias_hn = bias_hh->slice(0, 2 * H);
     tensors.weight_hh = weight_hh;
     if (weight_hr) tensors.weight_hr = *weight_hr;
@@ -282,9 +299,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
 
 #ifdef FUSED_RNN_WITH_CUDA
     const bool step_loop = StepLoop || input.is_cuda();
-    const Tensor h_n = step_loop ? recurrent_forward_steps(shape, tensors) : run_forward_cpu(shape, tensors, save);
+    if (step_loop) tensors.input_gates = input_gates_of_rows(0, N);
+    const Tensor h_n = step_loop ? recurrent_forward_steps(shape, tensors)
+                                 : run_forward_cpu(shape, tensors, save, input_gates_of_rows);
 #else  // only the CPU kernels are registered: no CUDA tensor gets here
-    const Tensor h_n = run_forward_cpu(shape, tensors, save);
+    const Tensor h_n = run_forward_cpu(shape, tensors, save, input_gates_of_rows);
 #endif
     const Tensor c_n = lstm ? tensors.cell_state.to(input.scalar_type()) : at::empty({0}, options);
     // The projection's input is an output only when saved for the backward; otherwise it was scratch.

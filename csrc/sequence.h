@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -39,9 +40,21 @@ struct SequenceShape {
     std::vector<Step> steps;  // in the order the forward visits them (last to first when reverse)
 };
 
+// x W_ih^T + b_ih + b_hh (GRU: without b_hh's n block) of the rows of some consecutive steps: row r's G*H values
+// start at data + (r - first_row) * G*H.
+template <typename scalar_t>
+struct InputGates {
+    const scalar_t* data;
+    int64_t first_row;
+};
+
 template <typename scalar_t>
 struct ForwardBuffers {
-    const scalar_t* input_gates;  // [N, G*H] x W_ih^T + b_ih + b_hh (GRU: without b_hh's n block)
+    // The input gates of the visited steps [begin, end), computed when the CPU loop reaches them (between two of
+    // its parallel regions), valid until the next call: the whole sequence's [N, G*H] at once would double the
+    // memory an inference call needs.
+    std::function<InputGates<scalar_t>(int64_t begin, int64_t end)> input_gates;
+    int64_t steps_per_projection;  // how many visited steps each input_gates call covers (the last may be fewer)
     const scalar_t* bias_hn;      // [H] GRU's b_hn, added to h W_hn^T before r multiplies it; null otherwise
     const scalar_t* weight_hh;    // [G*H, H_out]
     const scalar_t* weight_hr;    // [P, H] or null

@@ -179,88 +179,91 @@ void forward(const SequenceShape& shape, const ForwardBuffers<T>& buf) {
     std::vector<T> hr_panels(shape.projected ? out_blocks * H * U : 0);
     const bool parallel = B * G * H * H_out >= kParallelMinStepWork;
 
+    // One parallel region per batch of steps whose input gates were computed together (the GEMM runs between).
+    for (int64_t first = 0; first < steps; first += buf.steps_per_projection) {
+        const int64_t end = std::min(steps, first + buf.steps_per_projection);
+        const InputGates<T> gates = buf.input_gates(first, end);
 #pragma omp parallel if (parallel)
-    {
-        const int threads = thread_count(), me = thread_index();
-        const Range units = owned(unit_blocks, me, threads);
-        const Range outs = owned(out_blocks, me, threads);
-        // Each thread packs the panels it will read, so they sit in its own caches from the first step.
-        for (int64_t j = units.begin; j < units.end; ++j) {
-            pack_panel<T, U>(&hh_panels[j * H_out * G * U], buf.weight_hh, H_out, G, H, H, j, H_out, 1);
-        }
-        if (shape.projected) {
-            for (int64_t j = outs.begin; j < outs.end; ++j) {
+        {
+            const int threads = thread_count(), me = thread_index();
+            const Range units = owned(unit_blocks, me, threads);
+            const Range outs = owned(out_blocks, me, threads);
+            // Each thread packs the panels it will read, so they sit in its own caches from the first step.
+            for (int64_t j = units.begin; first == 0 && j < units.end; ++j) {
+                pack_panel<T, U>(&hh_panels[j * H_out * G * U], buf.weight_hh, H_out, G, H, H, j, H_out, 1);
+            }
+            for (int64_t j = outs.begin; first == 0 && shape.projected && j < outs.end; ++j) {
                 pack_panel<T, U>(&hr_panels[j * H * U], buf.weight_hr, H, 1, 0, H_out, j, H, 1);
             }
-        }
 
-        for (int64_t s = 0; s < steps; ++s) {
-            const Step step = shape.steps[s];
-            const Step previous = s > 0 ? shape.steps[s - 1] : Step{0, 0};
-            // Row b starts from the previous step's output while b was active there, else from h0 (packed rows
-            // joining a reverse pass).
-            const auto h_prev = [&](int64_t b) -> const T* {
-                return b < previous.active ? buf.output + (previous.offset + b) * H_out : buf.h0 + b * H_out;
-            };
-            const auto h_dest = [&](int64_t b) -> T* {
-                if (!shape.projected) return buf.output + (step.offset + b) * H_out;
-                return buf.projection_input + (buf.projection_input_per_row ? step.offset + b : b) * H;
-            };
-            for (int64_t j = units.begin; j < units.end; ++j) {
-                const int64_t u0 = j * U;
-                const int count = static_cast<int>(std::min<int64_t>(U, H - u0));
-                const auto cell = [&](int64_t b, const Vec* acc) {
-                    const int64_t row = step.offset + b;
-                    const T* xg = buf.input_gates + row * G * H + u0;
-                    T* saved = buf.saved ? buf.saved + row * SW * H + u0 : nullptr;
-                    if constexpr (C == CellKind::lstm) {
-                        T* c = buf.cell_state + b * H + u0;
-                        const Vec c_prev = Vec::loadu(c, count);
-                        const auto s = lstm_forward<Vec>(
-                            acc[0] + Vec::loadu(xg, count), acc[1] + Vec::loadu(xg + H, count),
-                            acc[2] + Vec::loadu(xg + 2 * H, count), acc[3] + Vec::loadu(xg + 3 * H, count), c_prev);
-                        s.c.store(c, count);
-                        s.h.store(h_dest(b) + u0, count);
-                        if (saved) {
-                            s.i.store(saved, count);
-                            s.f.store(saved + H, count);
-                            s.g.store(saved + 2 * H, count);
-                            s.o.store(saved + 3 * H, count);
-                            c_prev.store(saved + 4 * H, count);
-                        }
-                    } else if constexpr (C == CellKind::gru) {
-                        Vec h_n = acc[2];
-                        if (buf.bias_hn) h_n = h_n + Vec::loadu(buf.bias_hn + u0, count);
-                        const auto s = gru_forward<Vec>(acc[0] + Vec::loadu(xg, count),
-                                                        acc[1] + Vec::loadu(xg + H, count),
-                                                        Vec::loadu(xg + 2 * H, count), h_n,
-                                                        Vec::loadu(h_prev(b) + u0, count));
-                        s.h.store(h_dest(b) + u0, count);
-                        if (saved) {
-                            s.r.store(saved, count);
-                            s.z.store(saved + H, count);
-                            s.n.store(saved + 2 * H, count);
-                            h_n.store(saved + 3 * H, count);
-                        }
-                    } else {
-                        const Vec h = rnn_forward<Vec>(acc[0] + Vec::loadu(xg, count), C == CellKind::rnn_relu);
-                        h.store(h_dest(b) + u0, count);
-                    }
+            for (int64_t s = first; s < end; ++s) {
+                const Step step = shape.steps[s];
+                const Step previous = s > 0 ? shape.steps[s - 1] : Step{0, 0};
+                // Row b starts from the previous step's output while b was active there, else from h0 (packed rows
+                // joining a reverse pass).
+                const auto h_prev = [&](int64_t b) -> const T* {
+                    return b < previous.active ? buf.output + (previous.offset + b) * H_out : buf.h0 + b * H_out;
                 };
-                panel_product<T, G>(step.active, H_out, &hh_panels[j * H_out * G * U], h_prev, cell);
-            }
-            barrier();  // h' of every unit is written before anyone reads it (next step or the projection)
-            if (shape.projected) {
-                for (int64_t j = outs.begin; j < outs.end; ++j) {
-                    const int64_t p0 = j * U;
-                    const int count = static_cast<int>(std::min<int64_t>(U, H_out - p0));
-                    const auto store = [&](int64_t b, const Vec* acc) {
-                        acc[0].store(buf.output + (step.offset + b) * H_out + p0, count);
+                const auto h_dest = [&](int64_t b) -> T* {
+                    if (!shape.projected) return buf.output + (step.offset + b) * H_out;
+                    return buf.projection_input + (buf.projection_input_per_row ? step.offset + b : b) * H;
+                };
+                for (int64_t j = units.begin; j < units.end; ++j) {
+                    const int64_t u0 = j * U;
+                    const int count = static_cast<int>(std::min<int64_t>(U, H - u0));
+                    const auto cell = [&](int64_t b, const Vec* acc) {
+                        const int64_t row = step.offset + b;
+                        const T* xg = gates.data + (row - gates.first_row) * G * H + u0;
+                        T* saved = buf.saved ? buf.saved + row * SW * H + u0 : nullptr;
+                        if constexpr (C == CellKind::lstm) {
+                            T* c = buf.cell_state + b * H + u0;
+                            const Vec c_prev = Vec::loadu(c, count);
+                            const auto s = lstm_forward<Vec>(
+                                acc[0] + Vec::loadu(xg, count), acc[1] + Vec::loadu(xg + H, count),
+                                acc[2] + Vec::loadu(xg + 2 * H, count), acc[3] + Vec::loadu(xg + 3 * H, count), c_prev);
+                            s.c.store(c, count);
+                            s.h.store(h_dest(b) + u0, count);
+                            if (saved) {
+                                s.i.store(saved, count);
+                                s.f.store(saved + H, count);
+                                s.g.store(saved + 2 * H, count);
+                                s.o.store(saved + 3 * H, count);
+                                c_prev.store(saved + 4 * H, count);
+                            }
+                        } else if constexpr (C == CellKind::gru) {
+                            Vec h_n = acc[2];
+                            if (buf.bias_hn) h_n = h_n + Vec::loadu(buf.bias_hn + u0, count);
+                            const auto s = gru_forward<Vec>(acc[0] + Vec::loadu(xg, count),
+                                                            acc[1] + Vec::loadu(xg + H, count),
+                                                            Vec::loadu(xg + 2 * H, count), h_n,
+                                                            Vec::loadu(h_prev(b) + u0, count));
+                            s.h.store(h_dest(b) + u0, count);
+                            if (saved) {
+                                s.r.store(saved, count);
+                                s.z.store(saved + H, count);
+                                s.n.store(saved + 2 * H, count);
+                                h_n.store(saved + 3 * H, count);
+                            }
+                        } else {
+                            const Vec h = rnn_forward<Vec>(acc[0] + Vec::loadu(xg, count), C == CellKind::rnn_relu);
+                            h.store(h_dest(b) + u0, count);
+                        }
                     };
-                    const auto projected_row = [&](int64_t b) -> const T* { return h_dest(b); };
-                    panel_product<T, 1>(step.active, H, &hr_panels[j * H * U], projected_row, store);
+                    panel_product<T, G>(step.active, H_out, &hh_panels[j * H_out * G * U], h_prev, cell);
                 }
-                barrier();
+                barrier();  // h' of every unit is written before anyone reads it (next step or the projection)
+                if (shape.projected) {
+                    for (int64_t j = outs.begin; j < outs.end; ++j) {
+                        const int64_t p0 = j * U;
+                        const int count = static_cast<int>(std::min<int64_t>(U, H_out - p0));
+                        const auto store = [&](int64_t b, const Vec* acc) {
+                            acc[0].store(buf.output + (step.offset + b) * H_out + p0, count);
+                        };
+                        const auto projected_row = [&](int64_t b) -> const T* { return h_dest(b); };
+                        panel_product<T, 1>(step.active, H, &hr_panels[j * H * U], projected_row, store);
+                    }
+                    barrier();
+                }
             }
         }
     }
