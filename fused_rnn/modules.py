@@ -42,8 +42,8 @@ ZONEOUT_DOC = """
     c, with `zoneout=p` for both or `zoneout=(p_hidden, p_cell)` (Krueger et al. use different rates, e.g. 0.05 for
     h and 0.5 for c); its h~_t = o * tanh(c~_t) is computed from the unzoned c~_t, as in the paper. The masks are
     drawn once per forward call for all steps, one torch.bernoulli per layer and direction on the input's device
-    from torch's default generator (torch.manual_seed reproduces them; torch.compile's inductor draws its own
-    random numbers unless torch._inductor.config.fallback_random is set); packed input gets one mask row per
+    from torch's default generator (torch.manual_seed reproduces them; torch.compile's inductor may draw its own
+    random numbers; torch._inductor.config.fallback_random = True keeps eager's); packed input gets one mask row per
     packed row. Runs on backend "triton" (the kernels read the masks; LSTM without proj_size) and "reference";
     "auto" picks Triton on CUDA and the reference on CPU; the other backends refuse it. zoneout=0 (the default)
     runs exactly what the layer runs without it.
