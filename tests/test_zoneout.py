@@ -203,8 +203,8 @@ def test_triton_gradcheck_with_fixed_masks(cell, packed, reverse):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_double_backward_recomputes_through_the_reference_with_the_same_masks(cell):
-    """Second derivatives (a gradient penalty) through the Triton path equal the reference's, masks from one seed.
-    (gradgradcheck of the reference path itself is autograd's own.)"""
+    """Second derivatives (a gradient penalty) through the Triton path equal the reference's, masks from one seed,
+    and the reference's pass gradgradcheck."""
     tensors = leaves(cell, 3, 2, 3, 4)
     present = [t for t in tensors if t is not None]
     results = []
@@ -215,6 +215,12 @@ def test_double_backward_recomputes_through_the_reference_with_the_same_masks(ce
         results.append(torch.autograd.grad(penalty, present))
     for name, r, t in zip([n for n, x in zip(NAMES, tensors) if x is not None], *results, strict=True):
         assert_close(f"second derivative {name}", r, t, *TOLERANCE[torch.float64])
+
+    def reference_call(*inputs):
+        full = [*inputs[:2], None, *inputs[2:]] if cell == "gru" else list(inputs)
+        return tuple(o for o in run("reference", cell, full, ZONEOUT[cell], True, 4) if o is not None)
+
+    assert torch.autograd.gradgradcheck(reference_call, present, fast_mode=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
