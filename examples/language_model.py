@@ -1,11 +1,15 @@
 """Word-level language model (many-to-many) trained with truncated BPTT, then sampled (one-to-many).
 
 embedding -> fused_rnn.LSTM (multi-layer, dropout) -> linear, optionally with the output layer tied to
-the embedding. The text is a stream of English sentences drawn from a small grammar in which verbs
-agree in number with their subject, also across a relative clause ("the dogs that the farmer feeds
-sleep"), so a good model must carry the subject's number across several words.
+the embedding, and optionally regularized by zoneout (Krueger et al. 2016: each unit of h and c keeps its
+previous value with some probability at every step; fused into the Triton step kernels) and by DropConnect
+on the recurrent weights (fused_rnn.WeightDrop, as in AWD-LSTM). The text is a stream of English sentences
+drawn from a small grammar in which verbs agree in number with their subject, also across a relative clause
+("the dogs that the farmer feeds sleep"), so a good model must carry the subject's number across several
+words.
 
     python examples/language_model.py [--epochs 6] [--tie] [--backend torch] [--device cpu]
+    python examples/language_model.py --zoneout 0.05,0.3 --weight-drop 0.3
 """
 
 import argparse
@@ -75,12 +79,35 @@ def recurrent(name: str, backend: str, *args, **kwargs) -> nn.Module:
     return getattr(fused_rnn, name)(*args, backend=backend, **kwargs)
 
 
+def zoneout_rates(text: str) -> float | tuple[float, float]:
+    """ "p" (h and c alike) or "p_hidden,p_cell", as fused_rnn.LSTM's zoneout takes them."""
+    rates = tuple(float(rate) for rate in text.split(","))
+    if len(rates) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected p or p_hidden,p_cell, got {text!r}")
+    return rates[0] if len(rates) == 1 else rates
+
+
 class WordLM(nn.Module):
-    def __init__(self, vocab_size: int, size: int, layers: int, dropout: float, tie: bool, backend: str):
+    def __init__(
+        self,
+        vocab_size: int,
+        size: int,
+        layers: int,
+        dropout: float,
+        tie: bool,
+        backend: str,
+        zoneout: float | tuple[float, float] = 0.0,
+        weight_drop: float = 0.0,
+    ):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, size)
         self.dropout = nn.Dropout(dropout)
-        self.lstm = recurrent("LSTM", backend, size, size, layers, dropout=dropout)
+        # torch.nn.LSTM (backend "torch") has no zoneout; fused_rnn's takes it only when asked, so the baseline runs.
+        options = {"zoneout": zoneout} if zoneout else {}
+        self.lstm = recurrent("LSTM", backend, size, size, layers, dropout=dropout, **options)
+        if weight_drop:
+            # One DropConnect mask per recurrent matrix per forward pass, shared by every step of the chunk.
+            self.lstm = fused_rnn.WeightDrop(self.lstm, weight_drop)
         self.decoder = nn.Linear(size, vocab_size)
         if tie:
             # Press & Wolf (2017): one matrix for the input and output word vectors saves
@@ -145,6 +172,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--tie", action="store_true", help="tie the output layer's weight to the embedding")
+    parser.add_argument(
+        "--zoneout",
+        type=zoneout_rates,
+        default=0.0,
+        help="zoneout probability of the LSTM's h and c, or p_hidden,p_cell (Krueger et al. used 0.05,0.5)",
+    )
+    parser.add_argument("--weight-drop", type=float, default=0.0, help="DropConnect probability on W_hh")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bptt", type=int, default=35, help="time steps per truncated-BPTT chunk")
@@ -154,6 +188,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.zoneout and args.backend == "torch":
+        parser.error("--zoneout needs a fused_rnn backend: torch.nn.LSTM has no zoneout")
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -167,7 +203,16 @@ def main(argv=None) -> dict:
     print(f"{len(train_words)} training words, {len(valid_words)} validation words, vocabulary {len(vocab)}")
     print(f"unigram perplexity (no context): {baseline:.1f}")
 
-    model = WordLM(len(vocab), args.hidden_size, args.layers, args.dropout, args.tie, args.backend).to(args.device)
+    model = WordLM(
+        len(vocab),
+        args.hidden_size,
+        args.layers,
+        args.dropout,
+        args.tie,
+        args.backend,
+        args.zoneout,
+        args.weight_drop,
+    ).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     print(f"model: {model.lstm} on {args.device}, {sum(p.numel() for p in model.parameters())} parameters")
     for epoch in range(1, args.epochs + 1):
@@ -184,6 +229,7 @@ def main(argv=None) -> dict:
     print(f"\nsample (temperature {args.temperature}):\n{sample}")
     return {
         "vocab_size": len(vocab),
+        "recurrent_layer": repr(model.lstm),
         "unigram_perplexity": baseline,
         "train_perplexity": math.exp(train_loss),
         "valid_perplexity": math.exp(valid_loss),

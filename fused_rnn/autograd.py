@@ -57,6 +57,7 @@ def sequence_forward(
     reverse: bool,
     save: bool,
     backend: str = "triton",
+    zoneout: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One direction of one layer, fused.
 
@@ -68,20 +69,48 @@ def sequence_forward(
         reverse: run from the last step to the first.
         save: keep what the backward needs.
         backend: whose driver runs it, "triton", "cpu" / "cuda" (the compiled kernels of csrc/) or "persistent".
+        zoneout: keep weights (N, H_out + H) for the LSTM, (N, H) for the GRU (see fused_rnn.reference.sequence),
+            or None; only the Triton driver takes them.
 
     Returns:
         output (N, H_out), h_n (B, H_out), c_n (B, H) or empty, then the saved activations and the
         LSTM projection's input (both empty unless save).
     """
+    zoneout_argument = {} if zoneout is None else {"zoneout": zoneout}
     with _on_device_of(input):
         return _driver(backend).sequence_forward(
-            cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save
+            cell,
+            input,
+            h0,
+            c0,
+            weight_ih,
+            weight_hh,
+            bias_ih,
+            bias_hh,
+            weight_hr,
+            batch_sizes,
+            reverse,
+            save,
+            **zoneout_argument,
         )
 
 
 @sequence_forward.register_fake
 def _(
-    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save, backend="triton"
+    cell,
+    input,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    bias_ih,
+    bias_hh,
+    weight_hr,
+    batch_sizes,
+    reverse,
+    save,
+    backend="triton",
+    zoneout=None,
 ):
     return _triton_sequence().forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save)
 
@@ -105,10 +134,12 @@ def sequence_backward(
     reverse: bool,
     needs_grad: list[bool],
     backend: str = "triton",
+    zoneout: torch.Tensor | None = None,
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
     """Gradients of input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; absent ones empty."""
+    zoneout_argument = {} if zoneout is None else {"zoneout": zoneout}
     with _on_device_of(input):
         return _driver(backend).sequence_backward(
             cell,
@@ -127,6 +158,7 @@ def sequence_backward(
             batch_sizes,
             reverse,
             needs_grad,
+            **zoneout_argument,
         )
 
 
@@ -149,16 +181,32 @@ def _(
     reverse,
     needs_grad,
     backend="triton",
+    zoneout=None,
 ):
     return _triton_sequence().backward_outputs(input, h0, c0, weight_ih, weight_hh, weight_hr, needs_grad)
 
 
 def _setup_context(ctx, inputs, output):
-    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, _, backend = inputs
+    (
+        cell,
+        input,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        weight_hr,
+        batch_sizes,
+        reverse,
+        _,
+        backend,
+        zoneout,
+    ) = inputs
     out, _, _, saved, projection_input = output
     ctx.cell, ctx.batch_sizes, ctx.reverse, ctx.backend = cell, batch_sizes, reverse, backend
     ctx.save_for_backward(
-        input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, out, saved, projection_input
+        input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, zoneout, out, saved, projection_input
     )
     ctx.mark_non_differentiable(saved, projection_input)
     # Otherwise autograd fills a zero gradient for `saved` ([N, 5H] for the LSTM) on every backward.
@@ -166,14 +214,14 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projection_input):
-    *tensors, output, saved, projection_input = ctx.saved_tensors
+    *tensors, zoneout, output, saved, projection_input = ctx.saved_tensors
     input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = tensors
     needs_grad = ctx.needs_input_grad[1:9]
     grad_output = _zeros_if_none(grad_output, output)
     grad_h_n = _zeros_if_none(grad_h_n, h0)
     grad_c_n = _zeros_if_none(grad_c_n, c0)
     if torch.is_grad_enabled():
-        grads = _differentiable_backward(ctx, tensors, needs_grad, grad_output, grad_h_n, grad_c_n)
+        grads = _differentiable_backward(ctx, tensors, zoneout, needs_grad, grad_output, grad_h_n, grad_c_n)
     else:
         grads = sequence_backward(
             ctx.cell,
@@ -193,20 +241,21 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projectio
             ctx.reverse,
             [t is not None and needed for t, needed in zip(tensors, needs_grad, strict=True)],
             ctx.backend,
+            zoneout,
         )
         grads = [g if t is not None and needed else None for g, t, needed in zip(grads, tensors, needs_grad)]
-    return (None, *grads, None, None, None, None)
+    return (None, *grads, None, None, None, None, None)
 
 
 def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
     return torch.zeros_like(like) if grad is None and like is not None else grad
 
 
-def _differentiable_backward(ctx, tensors, needs_grad, grad_output, grad_h_n, grad_c_n):
+def _differentiable_backward(ctx, tensors, zoneout, needs_grad, grad_output, grad_h_n, grad_c_n):
     """The backward as autograd-visible reference ops, so that it can itself be differentiated."""
     wanted = [i for i, (t, needed) in enumerate(zip(tensors, needs_grad)) if t is not None and needed]
     with torch.enable_grad():
-        output, h_n, c_n = reference.sequence(ctx.cell, *tensors, ctx.batch_sizes, ctx.reverse)
+        output, h_n, c_n = reference.sequence(ctx.cell, *tensors, ctx.batch_sizes, ctx.reverse, zoneout)
         outputs, grad_outputs = [output, h_n], [grad_output, grad_h_n]
         if c_n is not None:
             outputs.append(c_n)

@@ -27,6 +27,8 @@ def lstm(
     batch_sizes: Sequence[int] | Tensor | None = None,
     reverse: bool = False,
     backend: str = "auto",
+    zoneout: float | tuple[float, float] = 0.0,
+    training: bool = True,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """LSTM over a sequence (gates i, f, g, o).
 
@@ -40,13 +42,29 @@ def lstm(
             bidirectional layer).
         backend: "auto", "triton", "cuda", "persistent", "cpu", "torch" or "reference" (see
             fused_rnn.available_backends()).
+        zoneout: probability that a unit keeps its previous value at a step (Krueger et al. 2016), for h and c
+            alike, or (p_hidden, p_cell); in [0, 1). Runs on "triton" (without weight_hr), "reference" and "auto".
+        training: zoneout draws Bernoulli masks (True) or uses their expectation (False), as F.dropout's.
 
     Returns:
         output (T, B, H_out) or (N, H_out), and (h_n, c_n) as in hx.
     """
     h0, c0 = (None, None) if hx is None else _pair(hx)
     output, h_n, c_n = sequence(
-        "lstm", input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, backend
+        "lstm",
+        input,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        weight_hr,
+        batch_sizes,
+        reverse,
+        backend,
+        zoneout,
+        training,
     )
     return output, (h_n, c_n)
 
@@ -62,10 +80,26 @@ def gru(
     batch_sizes: Sequence[int] | Tensor | None = None,
     reverse: bool = False,
     backend: str = "auto",
+    zoneout: float = 0.0,
+    training: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """GRU over a sequence (gates r, z, n); arguments as for lstm, with weights (3H, ·) and hx = h0 (B, H)."""
+    """GRU over a sequence (gates r, z, n); arguments as for lstm, with weights (3H, ·), hx = h0 (B, H) and one
+    zoneout probability (for h)."""
     output, h_n, _ = sequence(
-        "gru", input, hx, None, weight_ih, weight_hh, bias_ih, bias_hh, None, batch_sizes, reverse, backend
+        "gru",
+        input,
+        hx,
+        None,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        None,
+        batch_sizes,
+        reverse,
+        backend,
+        zoneout,
+        training,
     )
     return output, h_n
 
@@ -103,15 +137,39 @@ def rnn(
     return output, h_n
 
 
-def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto"):
-    """One LSTM step: input (B, I), hx = (h, c) each (B, H) or None; returns (h', c')."""
-    _, (h, c) = lstm(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, backend=backend)
+def lstm_cell(
+    input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto", zoneout=0.0, training=True
+):
+    """One LSTM step: input (B, I), hx = (h, c) each (B, H) or None; returns (h', c'), zoned as in lstm."""
+    _, (h, c) = lstm(
+        input.unsqueeze(0),
+        hx,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        backend=backend,
+        zoneout=zoneout,
+        training=training,
+    )
     return h, c
 
 
-def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto"):
-    """One GRU step: input (B, I), hx (B, H) or None; returns h'."""
-    return gru(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, backend=backend)[1]
+def gru_cell(
+    input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto", zoneout=0.0, training=True
+):
+    """One GRU step: input (B, I), hx (B, H) or None; returns h', zoned as in gru."""
+    return gru(
+        input.unsqueeze(0),
+        hx,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        backend=backend,
+        zoneout=zoneout,
+        training=training,
+    )[1]
 
 
 def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", backend="auto"):
@@ -127,14 +185,31 @@ def _pair(hx):
     return hx
 
 
-def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, backend):
+def sequence(
+    cell,
+    input,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    bias_ih,
+    bias_hh,
+    weight_hr,
+    batch_sizes,
+    reverse,
+    backend,
+    zoneout=0.0,
+    training=True,
+):
     """Any cell ("lstm", "gru", "rnn_tanh", "rnn_relu") over a sequence: (output, h_n, c_n or None).
 
-    The entry point the modules use; arguments as for lstm, with h0/c0 given apart (None for zeros).
+    The entry point the modules use; arguments as for lstm, with h0/c0 given apart (None for zeros). With zoneout
+    (LSTM and GRU only) the masks are drawn here, by zoneout_keep, once for all steps.
     """
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
     spec = CELLS[cell]
+    probabilities = checked_zoneout(zoneout, cell)
     batch_sizes = _batch_sizes(batch_sizes, input)
     _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     hidden = weight_hh.shape[0] // spec.gates
@@ -143,20 +218,69 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     h0 = checked_state("h0" if spec.has_cell_state else "hx", h0, input, (batch, hidden_out))
     c0 = checked_state("c0", c0, input, (batch, hidden)) if spec.has_cell_state else None
     tensors = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    num_rows = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
+    widths = (hidden_out, hidden) if spec.has_cell_state else (hidden,)
+    keep = zoneout_keep(probabilities, widths, num_rows, training, input)
     # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
     offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
-    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    workload = Workload(cell, batch, batch_sizes is not None, training, hidden, weight_hr is not None)
+    needs_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    workload = Workload(
+        cell, batch, batch_sizes is not None, needs_backward, hidden, weight_hr is not None, keep is not None
+    )
     chosen = resolve(backend, input.device, input.dtype, offsets_fit, workload)
     if chosen == "reference":
-        return reference.sequence(cell, *tensors, batch_sizes, reverse)
+        return reference.sequence(cell, *tensors, batch_sizes, reverse, keep)
     if chosen == "torch":
         return torch_rnn.sequence(cell, *tensors, batch_sizes, reverse)
 
     rows = input.reshape(-1, input.shape[-1])
     tensors = [t.contiguous() if t is not None else None for t in (rows, *tensors[1:])]
-    output, h_n, c_n, _, _ = autograd.sequence_forward(cell, *tensors, batch_sizes, reverse, training, chosen)
+    output, h_n, c_n, _, _ = autograd.sequence_forward(
+        cell, *tensors, batch_sizes, reverse, needs_backward, chosen, keep
+    )
     return output.reshape(*input.shape[:-1], hidden_out), h_n, c_n if spec.has_cell_state else None
+
+
+def checked_zoneout(zoneout, cell: str) -> tuple[float, ...]:
+    """The zoneout probabilities of `cell`'s states ((hidden, cell) for the LSTM, (hidden,) for the GRU) from a
+    number (every state) or, for the LSTM, a pair; TypeError/ValueError naming `zoneout` otherwise."""
+    states = 2 if CELLS[cell].has_cell_state else 1
+    if isinstance(zoneout, (tuple, list)):
+        if states == 1 or len(zoneout) != 2:
+            expected = "a pair (p_hidden, p_cell) or a number" if states == 2 else "a number (the GRU has one state)"
+            raise TypeError(f"zoneout must be {expected}, got {zoneout!r}")
+        probabilities = tuple(zoneout)
+    else:
+        probabilities = (zoneout,) * states
+    for p in probabilities:
+        if not isinstance(p, (int, float)) or isinstance(p, bool):
+            raise TypeError(f"zoneout must be a number in [0, 1) or, for the LSTM, a pair of them; got {zoneout!r}")
+        if not 0 <= p < 1:
+            raise ValueError(f"zoneout probabilities must be in [0, 1), got {zoneout!r}")
+    if any(probabilities) and cell not in ("lstm", "gru"):
+        raise ValueError(f"zoneout is supported for the LSTM and GRU, not {cell}")
+    return tuple(float(p) for p in probabilities)
+
+
+def zoneout_keep(
+    probabilities: tuple[float, ...], widths: tuple[int, ...], num_rows: int, training: bool, like: Tensor
+) -> Tensor | None:
+    """Zoneout's keep weights d for every row of a sequence: None when every probability is 0.
+
+    Columns are the states' units side by side (the LSTM's h, then c), `widths[k]` of them with probability
+    `probabilities[k]`. In training d ~ Bernoulli(p) per row and unit, ONE torch.bernoulli call on like's device
+    from torch's default generator (so torch.manual_seed reproduces it); in evaluation d = p, the expectation.
+    float32 for fp16/bf16 states (p is not rounded), else like's dtype.
+
+    Returns:
+        (num_rows, sum(widths)), rows in the input's (padded or packed) row order; or None.
+    """
+    if not any(probabilities):
+        return None
+    dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+    columns = [torch.full((width,), p, dtype=dtype, device=like.device) for p, width in zip(probabilities, widths)]
+    keep = torch.cat(columns).expand(num_rows, -1)
+    return torch.bernoulli(keep) if training else keep.contiguous()
 
 
 def _batch_sizes(batch_sizes, input):

@@ -5,6 +5,8 @@ parameter names, shapes, initialisation and state_dict are torch.nn's own; only 
 fused_rnn's backends, chosen by the extra `backend` argument ("auto" by default). The layers are
 deliberately not subclasses of torch.nn.LSTM/GRU/RNN: torch.compile refuses to trace any instance of
 those (it breaks the graph), which is one of the things these layers exist to fix.
+
+The LSTM and GRU layers and cells also take `zoneout` (Krueger et al. 2016), which torch.nn lacks.
 """
 
 import contextlib
@@ -32,15 +34,50 @@ def _autocast(tensor, dtype: torch.dtype | None):
     return tensor.to(dtype)
 
 
+ZONEOUT_DOC = """
+    zoneout (Krueger et al. 2016, "Zoneout: Regularizing RNNs by Randomly Preserving Hidden Activations"): in
+    training each unit of each state keeps its previous value with probability p at every step, per (step, batch
+    row, unit): s_t = d * s_{t-1} + (1 - d) * s~_t with d ~ Bernoulli(p), s~_t the cell's usual update; in eval mode
+    the expectation, s_t = p * s_{t-1} + (1 - p) * s~_t. The output at step t is the zoned h_t. The LSTM zones h and
+    c, with `zoneout=p` for both or `zoneout=(p_hidden, p_cell)` (Krueger et al. use different rates, e.g. 0.05 for
+    h and 0.5 for c); its h~_t = o * tanh(c~_t) is computed from the unzoned c~_t, as in the paper. The masks are
+    drawn once per forward call for all steps, one torch.bernoulli per layer and direction on the input's device
+    from torch's default generator (torch.manual_seed reproduces them; torch.compile's inductor may draw its own
+    random numbers; torch._inductor.config.fallback_random = True keeps eager's); packed input gets one mask row per
+    packed row. Runs on backend "triton" (the kernels read the masks; LSTM without proj_size) and "reference";
+    "auto" picks Triton on CUDA and the reference on CPU; the other backends refuse it. zoneout=0 (the default)
+    runs exactly what the layer runs without it.
+
+    haste's `zoneout` (haste_pytorch.LSTM/GRU) takes one rate and applies it to h only, with masks drawn as
+    Bernoulli(1 - p) over (T, B, H) (1 = update) and, in eval mode, the same expectation as here; its LSTM equals
+    ours with zoneout=(p, 0.0) up to the random draws. torch.nn has no zoneout, so to_torch refuses a layer with it.
+"""
+
+
+def _checked_zoneout(zoneout, cell: str):
+    """`zoneout` once valid for `cell` (named TypeError/ValueError otherwise), as the user gave it."""
+    functional.checked_zoneout(zoneout, cell)
+    return tuple(zoneout) if isinstance(zoneout, list) else zoneout
+
+
+def _repr_options(module) -> str:
+    """The constructor arguments beyond torch.nn's that differ from their defaults, for extra_repr."""
+    options = "" if module.backend == "auto" else f", backend={module.backend!r}"
+    if any(functional.checked_zoneout(module.zoneout, module._cell())):
+        options += f", zoneout={module.zoneout}"
+    return options
+
+
 class _FusedRNNBase:
     """forward() for the multi-layer modules; mixed into subclasses of torch.nn.RNNBase."""
+
+    zoneout = 0.0
 
     def _cell(self) -> str:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        text = super().extra_repr()
-        return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
+        return super().extra_repr() + _repr_options(self)
 
     def _layer_weights(self, layer: int, reverse: bool):
         suffix = f"_l{layer}{'_reverse' if reverse else ''}"
@@ -109,6 +146,8 @@ class _FusedRNNBase:
                     batch_sizes,
                     direction == 1,
                     self.backend,
+                    self.zoneout,
+                    self.training,
                 )
                 outputs.append(output)
                 h_n.append(h)
@@ -161,24 +200,34 @@ class _FusedRNNBase:
 
 
 class LSTM(_FusedRNNBase, nn.RNNBase):
-    """torch.nn.LSTM on fused kernels; same arguments plus `backend` ("auto", "triton", "torch", "reference")."""
+    """torch.nn.LSTM on fused kernels; same arguments plus `backend` ("auto", "triton", "torch", "reference") and
+    `zoneout` (a number in [0, 1), or a pair (p_hidden, p_cell); default 0.0).
+    """
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    __doc__ += ZONEOUT_DOC
+
+    def __init__(self, *args, backend: str = "auto", zoneout: float | tuple[float, float] = 0.0, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
         self.backend = checked_name(backend)
+        self.zoneout = _checked_zoneout(zoneout, "lstm")
 
     def _cell(self):
         return "lstm"
 
 
 class GRU(_FusedRNNBase, nn.RNNBase):
-    """torch.nn.GRU on fused kernels; same arguments plus `backend` ("auto", "triton", "torch", "reference")."""
+    """torch.nn.GRU on fused kernels; same arguments plus `backend` ("auto", "triton", "torch", "reference") and
+    `zoneout` (a number in [0, 1); default 0.0).
+    """
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    __doc__ += ZONEOUT_DOC
+
+    def __init__(self, *args, backend: str = "auto", zoneout: float = 0.0, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
         self.backend = checked_name(backend)
+        self.zoneout = _checked_zoneout(zoneout, "gru")
 
     def _cell(self):
         return "gru"
@@ -207,6 +256,8 @@ class RNN(_FusedRNNBase, nn.RNNBase):
 class _FusedCellBase:
     """forward() for the cells; mixed into subclasses of torch.nn.RNNCellBase."""
 
+    zoneout = 0.0
+
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = checked_name(backend)
@@ -215,8 +266,7 @@ class _FusedCellBase:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        text = super().extra_repr()
-        return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
+        return super().extra_repr() + _repr_options(self)
 
     def forward(self, input, hx=None):
         name = type(self).__name__
@@ -244,7 +294,19 @@ class _FusedCellBase:
 
         weights = [_autocast(w, cast) for w in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
         with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
-            _, h, c = functional.sequence(self._cell(), x.unsqueeze(0), h, c, *weights, None, None, False, self.backend)
+            _, h, c = functional.sequence(
+                self._cell(),
+                x.unsqueeze(0),
+                h,
+                c,
+                *weights,
+                None,
+                None,
+                False,
+                self.backend,
+                self.zoneout,
+                self.training,
+            )
         if unbatched:
             h, c = h.squeeze(0), c.squeeze(0) if c is not None else None
         return (h, c) if has_c else h
@@ -266,14 +328,24 @@ class _FusedCellBase:
 
 
 class LSTMCell(_FusedCellBase, nn.LSTMCell):
-    """torch.nn.LSTMCell on fused kernels; same arguments plus `backend`."""
+    """torch.nn.LSTMCell on fused kernels; same arguments plus `backend` and `zoneout` (as fused_rnn.LSTM's; each
+    call is one step and draws its own masks)."""
+
+    def __init__(self, *args, backend: str = "auto", zoneout: float | tuple[float, float] = 0.0, **kwargs):
+        super().__init__(*args, backend=backend, **kwargs)
+        self.zoneout = _checked_zoneout(zoneout, "lstm")
 
     def _cell(self):
         return "lstm"
 
 
 class GRUCell(_FusedCellBase, nn.GRUCell):
-    """torch.nn.GRUCell on fused kernels; same arguments plus `backend`."""
+    """torch.nn.GRUCell on fused kernels; same arguments plus `backend` and `zoneout` (as fused_rnn.GRU's; each
+    call is one step and draws its own masks)."""
+
+    def __init__(self, *args, backend: str = "auto", zoneout: float = 0.0, **kwargs):
+        super().__init__(*args, backend=backend, **kwargs)
+        self.zoneout = _checked_zoneout(zoneout, "gru")
 
     def _cell(self):
         return "gru"
@@ -310,6 +382,11 @@ def _refuse_torchscript(module: nn.Module):
 
 def _copy_into(module: nn.Module, cls: type, **extra) -> nn.Module:
     """A new `cls` module with `module`'s configuration and a copy of its parameters and mode."""
+    if cls in _FUSED_CLASS and any(functional.checked_zoneout(getattr(module, "zoneout", 0.0), module._cell())):
+        raise ValueError(
+            f"torch.nn.{cls.__name__} has no zoneout, so fused_rnn.{type(module).__name__}(zoneout={module.zoneout}) "
+            "has no torch.nn equivalent (its eval mode computes the expectation over the masks)"
+        )
     config = {"input_size": module.input_size, "hidden_size": module.hidden_size, "bias": module.bias}
     if isinstance(module, nn.RNNBase):
         config.update(

@@ -51,6 +51,7 @@ def sequence(
     weight_hr: torch.Tensor | None = None,
     batch_sizes: list[int] | None = None,
     reverse: bool = False,
+    zoneout: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One direction of one layer over a whole sequence.
 
@@ -60,6 +61,9 @@ def sequence(
         h0: (B, H_out). c0: (B, H) for LSTM, else None.
         batch_sizes: active batch per time step (PackedSequence.batch_sizes), or None.
         reverse: run from the last time step to the first.
+        zoneout: keep weights d, one row per input row: (N, H_out + H) for the LSTM (h's, then c's), (N, H) for the
+            GRU (fused_rnn.functional.zoneout_keep draws them). Each step's new state becomes
+            d * previous + (1 - d) * new (Krueger et al. 2016), and that is also the step's output. None: no zoneout.
 
     Returns:
         output (same leading shape as input, H_out features), h_n (B, H_out), c_n (B, H) or None.
@@ -78,8 +82,16 @@ def sequence(
             new = (gru_cell(x, *active, *weights),)
         else:
             new = (rnn_cell(x, *active, *weights, nonlinearity=cell.removeprefix("rnn_")),)
+        if zoneout is not None:
+            keep = zoneout[offset : offset + batch].split([s.shape[-1] for s in active], dim=-1)
+            new = tuple(zoneout_update(d, old, n) for d, old, n in zip(keep, active, new))
         outputs[offset] = new[0]
         state = tuple(torch.cat([n, s[batch:]]) for n, s in zip(new, state))
     output = torch.cat([outputs[offset] for offset in sorted(outputs)])
     output = output.reshape(*input.shape[:-1], output.shape[-1])
     return output, state[0], state[1] if spec.has_cell_state else None
+
+
+def zoneout_update(keep: torch.Tensor, previous: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """keep * previous + (1 - keep) * new, in the states' dtype: zoneout's state update."""
+    return (keep * previous + (1 - keep) * new).to(new.dtype)

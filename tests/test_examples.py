@@ -27,6 +27,16 @@ def test_language_model_beats_the_unigram_baseline(tie):
     assert 1 <= result["sample"].count(".") <= 3
 
 
+def test_language_model_with_zoneout_and_weight_drop_beats_the_unigram_baseline():
+    """Regularized by zoneout (different rates for h and c) and DropConnect on W_hh, it still learns the context."""
+    args = "--device cpu --sentences 300 --hidden-size 32 --epochs 6 --batch-size 8 --bptt 16 --generate 3".split()
+    result = load_example("language_model").main([*args, "--zoneout", "0.05,0.3", "--weight-drop", "0.2"])
+    assert "WeightDrop" in result["recurrent_layer"] and "zoneout=(0.05, 0.3)" in result["recurrent_layer"], result
+    assert result["valid_perplexity"] < 0.6 * result["unigram_perplexity"], result
+    with pytest.raises(SystemExit):  # torch.nn.LSTM, the baseline, has no zoneout
+        load_example("language_model").main([*args, "--zoneout", "0.1", "--backend", "torch"])
+
+
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])
 def test_classify_packed_beats_chance(cell):
     args = "--device cpu --train-size 1000 --test-size 256 --max-length 20 --hidden-size 32 --epochs 3 --batch-size 32"

@@ -40,6 +40,12 @@ LAYER_VARIANTS = [
     {"bias": bias, "projection": projection, "training": training}
     for bias, projection, training in itertools.product((True, False), repeat=3)
 ]
+# Zoneout's kernels (ZONEOUT, the keep weights read per step): the LSTM and GRU without projection.
+ZONEOUT_CELLS = ("lstm", "gru")
+ZONEOUT_VARIANTS = [
+    {"bias": bias, "projection": False, "training": training, "zoneout": True}
+    for bias, training in itertools.product((True, False), repeat=2)
+]
 # (batch, hidden) of BENCHMARKS.md's standard configurations. Every cell, dtype and layer variant is compiled at
 # these: they give the one-row tile (B=1, where Triton also makes the batch a constant) and the largest tile.
 STANDARD_SHAPES = [(64, 512), (1, 512), (16, 768), (64, 1024), (256, 1024), (32, 2048)]
@@ -103,14 +109,18 @@ def record_specializations() -> list[Specialization]:
     """The distinct kernel launches the driver makes over the shapes above (standard ones, then the sweep's)."""
     standard = _record(
         (cell, dtype, batch, hidden, variant)
-        for cell, dtype, (batch, hidden), variant in itertools.product(CELLS, DTYPES, STANDARD_SHAPES, LAYER_VARIANTS)
-        if not variant["projection"] or CELLS[cell].has_cell_state
+        for cell, dtype, (batch, hidden), variant in itertools.product(
+            CELLS, DTYPES, STANDARD_SHAPES, LAYER_VARIANTS + ZONEOUT_VARIANTS
+        )
+        if (not variant["projection"] or CELLS[cell].has_cell_state)
+        and (not variant.get("zoneout") or cell in ZONEOUT_CELLS)
     )
     training = {"bias": True, "projection": False, "training": True}
     sweep_shapes = list(itertools.product(SWEEP_SIZES, SWEEP_SIZES)) + SWEEP_UNALIGNED
     sweep = _record(
-        (cell, dtype, batch, hidden, training)
-        for cell, dtype, (batch, hidden) in itertools.product(CELLS, SWEEP_DTYPES, sweep_shapes)
+        (cell, dtype, batch, hidden, {**training, "zoneout": zoneout})
+        for cell, dtype, (batch, hidden), zoneout in itertools.product(CELLS, SWEEP_DTYPES, sweep_shapes, (False, True))
+        if not zoneout or cell in ZONEOUT_CELLS
     )
     largest_block_b: dict[tuple, int] = {}
     for s in sweep:
@@ -196,11 +206,15 @@ def _record(cases) -> list[Specialization]:
     return list(dict.fromkeys(recorded))
 
 
-def _run_driver(sequence, spec, dtype, batch, hidden, bias, projection, training):
-    """One forward (and, when training, one backward) of a layer with input size = hidden, on meta tensors."""
+def _run_driver(sequence, spec, dtype, batch, hidden, bias, projection, training, zoneout=False):
+    """One forward (and, when training, one backward) of a layer with input size = hidden, on meta tensors; with
+    zoneout's keep weights (as fused_rnn.functional.zoneout_keep makes them) when `zoneout`."""
     import torch
 
     meta = {"device": "meta", "dtype": dtype}
+    keep_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    states = 2 if spec.has_cell_state else 1
+    keep = torch.empty(STEPS * batch, states * hidden, device="meta", dtype=keep_dtype) if zoneout else None
     output_size = hidden // 2 if projection else hidden
     input = torch.empty(STEPS * batch, hidden, **meta)
     h0 = torch.empty(batch, output_size, **meta)
@@ -210,7 +224,7 @@ def _run_driver(sequence, spec, dtype, batch, hidden, bias, projection, training
     biases = (torch.empty(spec.gates * hidden, **meta),) * 2 if bias else (None, None)
     weight_hr = torch.empty(output_size, hidden, **meta) if projection else None
     output, h_n, c_n, saved, projection_input = sequence.sequence_forward(
-        spec.name, input, h0, c0, weight_ih, weight_hh, *biases, weight_hr, None, False, training
+        spec.name, input, h0, c0, weight_ih, weight_hh, *biases, weight_hr, None, False, training, keep
     )
     if training:
         sequence.sequence_backward(
@@ -230,6 +244,7 @@ def _run_driver(sequence, spec, dtype, batch, hidden, bias, projection, training
             None,
             False,
             (True, True, spec.has_cell_state, True, True, bias, bias, projection),
+            keep,
         )
 
 

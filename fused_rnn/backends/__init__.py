@@ -15,6 +15,10 @@
 of it are committed); on CPU "cpu" for the shapes where the
 committed measurements (benchmarks/results/cpu_native/cpu.md) show it faster than torch.nn, else "torch", which on CPU
 is 2-18x faster than the reference (benchmarks/results/cpu.md) and keeps double backward and torch.compile.
+
+Zoneout (LSTM and GRU) runs only on "triton" (without proj_size) and "reference"; "auto" picks "triton" on CUDA and
+the reference on CPU (benchmarks/results/zoneout_cpu.md: the Triton interpreter is far slower), and the others refuse
+it by name.
 """
 
 import importlib.util
@@ -47,7 +51,8 @@ def _triton_unavailable(device: torch.device) -> str | None:
 
 class Workload(NamedTuple):
     """What "auto" weighs on CPU: the cell, the batch, packed or padded input, and whether a backward follows;
-    and what "persistent" must fit on chip: the hidden size, and whether the LSTM has a projection."""
+    and what "persistent" must fit on chip: the hidden size, and whether the LSTM has a projection; and whether
+    the call has zoneout, which only some backends run."""
 
     cell: str
     batch: int
@@ -55,6 +60,7 @@ class Workload(NamedTuple):
     training: bool
     hidden: int = 0
     projected: bool = False
+    zoneout: bool = False
 
 
 def native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -182,6 +188,8 @@ def resolve(
         (without it, only whether the persistent kernels run here at all).
     """
     checked_name(backend)
+    if workload is not None and workload.zoneout:
+        return _resolve_zoneout(backend, device, dtype, offsets_fit_32_bits, workload)
     if backend in ("reference", "torch"):
         return backend
     if backend == "cpu":
@@ -199,11 +207,7 @@ def resolve(
         if reason is not None:
             raise ValueError(f"backend='persistent' cannot run here: {reason}")
         return backend
-    reason = _triton_unavailable(device)
-    if reason is None and dtype not in TRITON_DTYPES:
-        reason = f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
-    if reason is None and not offsets_fit_32_bits:
-        reason = "batch x hidden_size is too large for its 32-bit offsets; split the batch"
+    reason = _triton_cannot_run(device, dtype, offsets_fit_32_bits)
     if backend == "triton":
         if reason is not None:
             raise ValueError(f"backend='triton' cannot run here: {reason}")
@@ -213,3 +217,34 @@ def resolve(
     if workload is not None and native_cpu_is_faster(workload) and native_cpu_unavailable(device, dtype) is None:
         return "cpu"
     return "torch"
+
+
+def _triton_cannot_run(device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool) -> str | None:
+    """Why the Triton kernels cannot run a call on `device`/`dtype`, or None when they can."""
+    reason = _triton_unavailable(device)
+    if reason is None and dtype not in TRITON_DTYPES:
+        reason = f"dtype {dtype} is not supported (float16, bfloat16, float32, float64 are)"
+    if reason is None and not offsets_fit_32_bits:
+        reason = "batch x hidden_size is too large for its 32-bit offsets; split the batch"
+    return reason
+
+
+def _resolve_zoneout(
+    backend: str, device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool, workload: Workload
+) -> str:
+    """resolve() for a call with zoneout: "triton" or "reference"; the others raise."""
+    if backend == "reference":
+        return backend
+    if backend not in ("auto", "triton"):
+        raise ValueError(
+            f"backend={backend!r} cannot run zoneout (its kernels have no zoneout): use 'auto', 'triton' or 'reference'"
+        )
+    reason = _triton_cannot_run(device, dtype, offsets_fit_32_bits)
+    if reason is None and workload.projected:
+        reason = "its kernels have no zoneout with proj_size (backend='reference' has)"
+    if backend == "triton":
+        if reason is not None:
+            raise ValueError(f"backend='triton' cannot run this zoneout call: {reason}")
+        return backend
+    # On CPU the reference loop, not the Triton interpreter (measured in benchmarks/results/zoneout_cpu.md).
+    return "triton" if device.type == "cuda" and reason is None else "reference"

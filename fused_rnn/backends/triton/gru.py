@@ -3,6 +3,10 @@
 Gate blocks r, z, n as in torch.nn. The n gate needs h W_hn^T + b_hn apart from the input
 projection (n = tanh(x_n + r * (h W_hn^T + b_hn))), so the recurrent bias is added here and
 never folded into the input projection.
+
+With ZONEOUT (Krueger et al. 2016) each step's new state is blended with the previous one by keep weights d
+(Bernoulli masks in training, the zoneout probability in evaluation), read per row and unit:
+h' = d * h + (1 - d) * ((1 - z) * n + z * h).
 """
 
 import triton
@@ -20,11 +24,13 @@ def gru_fwd_kernel(
     p_c,  # unused: the GRU has no cell state
     p_out,  # [bs, H] h'
     p_saved,  # [bs, 4H] (ACC) r, z, n, h W_hn^T + b_hn for the backward
+    p_zoneout,  # [bs, H] (ACC) keep weights when ZONEOUT
     bs,
     H,
     HAS_BIAS: tl.constexpr,
     WRITE_H: tl.constexpr,
     SAVE: tl.constexpr,
+    ZONEOUT: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -39,7 +45,11 @@ def gru_fwd_kernel(
     b_hn = load_gate(p_hg, 2, rows, cols, mask, H, 3, ACC) + load_bias(p_bias, 2, cols, H, HAS_BIAS, ACC)
     b_n = tanh(load_gate(p_xg, 2, rows, cols, mask, H, 3, ACC) + b_r * b_hn)
     b_h = tl.load(p_h + state, mask=mask, other=0.0).to(ACC)
-    b_h_new = ((1.0 - b_z) * b_n + b_z * b_h).to(p_out.dtype.element_ty)
+    b_h_new = (1.0 - b_z) * b_n + b_z * b_h
+    if ZONEOUT:
+        b_keep = load_gate(p_zoneout, 0, rows, cols, mask, H, 1, ACC)
+        b_h_new = b_keep * b_h + (1.0 - b_keep) * b_h_new
+    b_h_new = b_h_new.to(p_out.dtype.element_ty)
 
     tl.store(p_out + state, b_h_new, mask=mask)
     if WRITE_H:
@@ -61,9 +71,11 @@ def gru_bwd_kernel(
     p_out,  # unused
     p_dgx,  # [bs, 3H] gradient of x W_ih^T + b_ih
     p_dgh,  # [bs, 3H] gradient of h W_hh^T + b_hh
+    p_zoneout,  # [bs, H] (ACC) keep weights when ZONEOUT
     bs,
     H,
     HAS_DOUT: tl.constexpr,
+    ZONEOUT: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -82,6 +94,11 @@ def gru_bwd_kernel(
     b_dh = tl.load(p_dh + state, mask=mask, other=0.0).to(ACC) + tl.load(p_dc + state, mask=mask, other=0.0)
     if HAS_DOUT:
         b_dh += tl.load(p_dout + state, mask=mask, other=0.0).to(ACC)
+    if ZONEOUT:
+        # h' = d * h + (1 - d) * h~: d * dh goes straight to h, the rest through h~ = (1 - z) * n + z * h.
+        b_keep = load_gate(p_zoneout, 0, rows, cols, mask, H, 1, ACC)
+        b_dh_kept = b_keep * b_dh
+        b_dh *= 1.0 - b_keep
     b_dn = b_dh * (1.0 - b_z) * (1.0 - b_n * b_n)
     b_dz = b_dh * (b_h - b_n) * b_z * (1.0 - b_z)
     b_dr = b_dn * b_hn * b_r * (1.0 - b_r)
@@ -92,4 +109,7 @@ def gru_bwd_kernel(
     store_gate(p_dgh, 0, b_dr, rows, cols, mask, H, 3)
     store_gate(p_dgh, 1, b_dz, rows, cols, mask, H, 3)
     store_gate(p_dgh, 2, b_dn * b_r, rows, cols, mask, H, 3)
-    tl.store(p_dc + state, b_dh * b_z, mask=mask)
+    if ZONEOUT:
+        tl.store(p_dc + state, b_dh * b_z + b_dh_kept, mask=mask)
+    else:
+        tl.store(p_dc + state, b_dh * b_z, mask=mask)

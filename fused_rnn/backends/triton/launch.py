@@ -9,6 +9,8 @@ from fused_rnn.backends.triton.lstm import lstm_bwd_kernel, lstm_fwd_kernel
 from fused_rnn.backends.triton.rnn import rnn_bwd_kernel, rnn_fwd_kernel
 from fused_rnn.cells import CELLS
 
+# Cells whose kernels take zoneout's keep weights (p_zoneout, ZONEOUT).
+ZONEOUT_CELLS = ("lstm", "gru")
 # cell name -> (forward kernel, backward kernel, cell-specific constexprs)
 KERNELS = {
     "lstm": (lstm_fwd_kernel, lstm_bwd_kernel, {}),
@@ -40,8 +42,20 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def forward_step(cell, xg, hg, bias, h, c, out, saved, write_h):
-    """Gate activations, state update and output for one step's active rows (out.shape[0] of them)."""
+def _zoneout_arguments(cell, zoneout) -> dict:
+    """The zoneout arguments of `cell`'s kernels: keep weights (or None) and the flag; none for other cells."""
+    if cell not in ZONEOUT_CELLS:
+        if zoneout is not None:
+            raise ValueError(f"the Triton {cell} kernels have no zoneout")
+        return {}
+    return {"p_zoneout": zoneout, "ZONEOUT": zoneout is not None}
+
+
+def forward_step(cell, xg, hg, bias, h, c, out, saved, write_h, zoneout=None):
+    """Gate activations, state update and output for one step's active rows (out.shape[0] of them).
+
+    zoneout: the step's keep weights, (rows, 2H) for the LSTM (h's, then c's), (rows, H) for the GRU, or None.
+    """
     batch, hidden = out.shape
     kernel, _, cell_constants = KERNELS[cell]
     tiles, grid = _tiles(batch, hidden, out.dtype)
@@ -59,15 +73,23 @@ def forward_step(cell, xg, hg, bias, h, c, out, saved, write_h):
         WRITE_H=write_h,
         SAVE=saved is not None,
         ACC=_acc(out.dtype),
+        **_zoneout_arguments(cell, zoneout),
         **tiles,
         **cell_constants,
     )
 
 
-def backward_step(cell, dh, dout, dc, saved, hprev, out, dgx, dgh):
-    """Gate-gradient kernel for one step's active rows (dgx.shape[0] of them)."""
+def backward_step(cell, dh, dout, dc, saved, hprev, out, dgx, dgh, zoneout=None, dh_kept=None):
+    """Gate-gradient kernel for one step's active rows (dgx.shape[0] of them).
+
+    zoneout: the step's keep weights as in forward_step, or None. dh_kept: the LSTM's (B, H) fp32 gradient reaching
+    h' through zoneout's kept share, carried from step to step (the GRU carries it in dc); None without zoneout.
+    """
     batch, hidden = dgx.shape[0], dgx.shape[1] // CELLS[cell].gates
     _, kernel, cell_constants = KERNELS[cell]
+    zoneout_arguments = _zoneout_arguments(cell, zoneout)
+    if cell == "lstm":
+        zoneout_arguments["p_dh_kept"] = dh_kept
     tiles, grid = _tiles(batch, hidden, dgx.dtype)
     kernel[grid](
         p_dh=dh,
@@ -82,6 +104,7 @@ def backward_step(cell, dh, dout, dc, saved, hprev, out, dgx, dgh):
         H=hidden,
         HAS_DOUT=dout is not None,
         ACC=_acc(dgx.dtype),
+        **zoneout_arguments,
         **tiles,
         **cell_constants,
     )

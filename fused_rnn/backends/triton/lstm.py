@@ -3,6 +3,10 @@
 The driver (fused_rnn/backends/triton/sequence.py) runs the GEMMs; these kernels do all the elementwise work
 between them. Rows are the step's active batch (a prefix of the state buffers), columns the hidden
 units; gate blocks are laid out i, f, g, o as in torch.nn.
+
+With ZONEOUT (Krueger et al. 2016) each step's states are blended with the previous ones by keep weights d
+(Bernoulli masks in training, the zoneout probabilities in evaluation), read per row and unit:
+c' = d_c * c + (1 - d_c) * (f * c + i * g) and h' = d_h * h + (1 - d_h) * o * tanh(f * c + i * g).
 """
 
 import triton
@@ -20,11 +24,13 @@ def lstm_fwd_kernel(
     p_c,  # [B, H] (ACC) cell state: rows < bs read as c, overwritten with c'
     p_out,  # [bs, H] h' (before the projection when the layer has one)
     p_saved,  # [bs, 5H] (ACC) i, f, g, o, c for the backward
+    p_zoneout,  # [bs, 2H] (ACC) keep weights of h, then of c, when ZONEOUT
     bs,
     H,
     HAS_BIAS: tl.constexpr,
     WRITE_H: tl.constexpr,
     SAVE: tl.constexpr,
+    ZONEOUT: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -40,7 +46,13 @@ def lstm_fwd_kernel(
     b_o = sigmoid(preactivation(p_xg, p_hg, p_bias, 3, rows, cols, mask, H, 4, HAS_BIAS, ACC))
     b_c = tl.load(p_c + state, mask=mask, other=0.0).to(ACC)
     b_c_new = b_f * b_c + b_i * b_g
-    b_h = (b_o * tanh(b_c_new)).to(p_out.dtype.element_ty)
+    b_h = b_o * tanh(b_c_new)
+    if ZONEOUT:  # never with a projection (fused_rnn.backends.resolve refuses it): p_h is h' itself
+        b_keep_h = load_gate(p_zoneout, 0, rows, cols, mask, H, 2, ACC)
+        b_keep_c = load_gate(p_zoneout, 1, rows, cols, mask, H, 2, ACC)
+        b_h = b_keep_h * tl.load(p_h + state, mask=mask, other=0.0).to(ACC) + (1.0 - b_keep_h) * b_h
+        b_c_new = b_keep_c * b_c + (1.0 - b_keep_c) * b_c_new
+    b_h = b_h.to(p_out.dtype.element_ty)
 
     tl.store(p_c + state, b_c_new, mask=mask)
     tl.store(p_out + state, b_h, mask=mask)
@@ -64,9 +76,13 @@ def lstm_bwd_kernel(
     p_out,  # unused
     p_dgx,  # [bs, 4H] gradient of the gate pre-activations
     p_dgh,  # unused: equal to p_dgx for the LSTM
+    p_zoneout,  # [bs, 2H] (ACC) keep weights of h, then of c, when ZONEOUT
+    p_dh_kept,  # [B, H] (ACC) when ZONEOUT, gradient reaching h' directly (h' = d_h * h + ...): rows < bs read,
+    #                overwritten with d_h times the gradient of h'
     bs,
     H,
     HAS_DOUT: tl.constexpr,
+    ZONEOUT: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -87,10 +103,22 @@ def lstm_bwd_kernel(
     if HAS_DOUT:
         b_dh += tl.load(p_dout + state, mask=mask, other=0.0).to(ACC)
     b_dc = tl.load(p_dc + state, mask=mask, other=0.0).to(ACC)
+    if ZONEOUT:
+        # b_dh and b_dc become the gradients of the unzoned h' and c'; the kept shares go straight to h and c.
+        b_dh += tl.load(p_dh_kept + state, mask=mask, other=0.0)
+        b_keep_h = load_gate(p_zoneout, 0, rows, cols, mask, H, 2, ACC)
+        b_keep_c = load_gate(p_zoneout, 1, rows, cols, mask, H, 2, ACC)
+        tl.store(p_dh_kept + state, b_keep_h * b_dh, mask=mask)
+        b_dc_kept = b_keep_c * b_dc
+        b_dh *= 1.0 - b_keep_h
+        b_dc *= 1.0 - b_keep_c
     b_dc += b_dh * b_o * (1.0 - b_tanh_c * b_tanh_c)
 
     store_gate(p_dgx, 0, b_dc * b_g * b_i * (1.0 - b_i), rows, cols, mask, H, 4)
     store_gate(p_dgx, 1, b_dc * b_c * b_f * (1.0 - b_f), rows, cols, mask, H, 4)
     store_gate(p_dgx, 2, b_dc * b_i * (1.0 - b_g * b_g), rows, cols, mask, H, 4)
     store_gate(p_dgx, 3, b_dh * b_tanh_c * b_o * (1.0 - b_o), rows, cols, mask, H, 4)
-    tl.store(p_dc + state, b_dc * b_f, mask=mask)
+    if ZONEOUT:
+        tl.store(p_dc + state, b_dc * b_f + b_dc_kept, mask=mask)
+    else:
+        tl.store(p_dc + state, b_dc * b_f, mask=mask)

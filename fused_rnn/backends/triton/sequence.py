@@ -8,6 +8,9 @@ single GEMMs/reductions over all steps afterwards. No atomics, so results are de
 
 Rows follow fused_rnn.packing: state buffers hold the whole batch and each step reads and writes
 the prefix of rows it has active, so packed sequences need no special case.
+
+Zoneout (LSTM and GRU without projection): the keep weights of every row are one (N, ·) tensor drawn before
+the call, each step's kernels read their rows of it.
 """
 
 import torch
@@ -42,7 +45,7 @@ def forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save):
 
 
 def sequence_forward(
-    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save
+    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save, zoneout=None
 ):
     """Run one direction of one layer; see fused_rnn.autograd.sequence_forward for the arguments."""
     spec = CELLS[cell]
@@ -75,6 +78,7 @@ def sequence_forward(
             out=step_output,
             saved=saved[rows] if saved.shape[0] else None,
             write_h=weight_hr is None,
+            zoneout=zoneout[rows] if zoneout is not None else None,
         )
         if weight_hr is not None:
             torch.mm(step_output, weight_hr.t(), out=output[rows])
@@ -111,6 +115,7 @@ def sequence_backward(
     batch_sizes,
     reverse,
     needs_grad,
+    zoneout=None,
 ):
     """Backpropagation through time for one direction of one layer.
 
@@ -131,6 +136,8 @@ def sequence_backward(
     else:
         dh = grad_h_n.clone()
         dc = grad_c_n.to(acc, copy=True) if spec.has_cell_state else None
+    # With zoneout the LSTM's h' = d * h + ... also passes d * dh' to h directly, carried like dc.
+    dh_kept = torch.zeros_like(dc) if zoneout is not None and spec.has_cell_state else None
     if weight_hr is not None:
         grad_projected = input.new_empty(rows_total, weight_hr.shape[0])
         grad_projection_input = input.new_empty(batch, weight_hr.shape[1])
@@ -150,9 +157,13 @@ def sequence_backward(
             out=output[rows],
             dgx=grad_input_gates[rows],
             dgh=grad_hidden_gates[rows],
+            zoneout=zoneout[rows] if zoneout is not None else None,
+            dh_kept=dh_kept,
         )
         torch.mm(grad_hidden_gates[rows], weight_hh, out=dh[:active])
 
+    # What reaches h0 besides the W_hh GEMM: the GRU's z * dh' (and zoneout's share), the zoned LSTM's d * dh'.
+    kept = dc if spec.is_gru else dh_kept
     return gradients_after_the_loop(
         needs_grad,
         input,
@@ -160,7 +171,7 @@ def sequence_backward(
         weight_ih,
         grad_input_gates,
         grad_hidden_gates,
-        grad_h0=lambda: (dh + dc).to(input.dtype) if spec.is_gru else dh,
+        grad_h0=lambda: dh if kept is None else (dh + kept).to(input.dtype),
         grad_c0=lambda: dc.to(input.dtype),
         grad_weight_hr=lambda: torch.mm(grad_projected.t(), projection_input),
     )
