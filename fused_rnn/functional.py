@@ -241,6 +241,50 @@ def sequence(
     return output.reshape(*input.shape[:-1], hidden_out), h_n, c_n if spec.has_cell_state else None
 
 
+def layers_on_torch_nn(
+    cell, input, h0, c0, weights, batch_sizes, backend, zoneout, training, dropout, bidirectional
+) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """Every layer and direction in ONE call of torch.nn's own op, as torch.nn's layers make it, when `backend`
+    resolves to "torch" for this workload (what "auto" does on CPU where torch.nn's kernels are the faster); None
+    when it does not, and the caller runs each layer and direction through `sequence`.
+
+    One call instead of one per layer and direction saves fused_rnn's per-call overhead and lets oneDNN run a
+    bidirectional multi-layer stack as one primitive; dropout between layers is then torch.nn's own, mask for mask.
+
+    Args:
+        input: (T, B, I) or packed rows (N, I) with batch_sizes. h0, c0: (layers * directions, B, ·).
+        weights: per layer and direction (layer-major) the tuple (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr),
+            entries None where absent.
+        training: the module's mode (dropout between layers).
+
+    Returns:
+        (output, h_n, c_n or None) shaped as torch.nn's, or None.
+    """
+    spec = CELLS[cell]
+    if any(checked_zoneout(zoneout, cell)):
+        return None
+    batch_sizes = _batch_sizes(batch_sizes, input)
+    weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights[0]
+    hidden = weight_hh.shape[0] // spec.gates if weight_hh is not None else 0
+    batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
+    grads = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, h0, c0, *(w for layer in weights for w in layer))
+    )
+    workload = Workload(cell, batch, batch_sizes is not None, grads, hidden, weight_hr is not None)
+    offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
+    if resolve(backend, input.device, input.dtype, offsets_fit, workload) != "torch":
+        return None
+    layer_input = input
+    for index, layer_weights in enumerate(weights):
+        _check_weights(spec, layer_input, *layer_weights)
+        if index % (2 if bidirectional else 1) == (1 if bidirectional else 0):
+            width = (2 if bidirectional else 1) * layer_weights[1].shape[1]
+            layer_input = input.new_empty(0, width)  # what the next layer's weights must fit: only its width
+    return torch_rnn.layers(
+        cell, input, h0, c0, weights, batch_sizes, dropout if training else 0.0, training or grads, bidirectional
+    )
+
+
 def checked_zoneout(zoneout, cell: str) -> tuple[float, ...]:
     """The zoneout probabilities of `cell`'s states ((hidden, cell) for the LSTM, (hidden,) for the GRU) from a
     number (every state) or, for the LSTM, a pair; TypeError/ValueError naming `zoneout` otherwise."""

@@ -130,19 +130,37 @@ class _FusedRNNBase:
     def _run_layers(self, x, h0, c0, batch_sizes, cast):
         directions = 2 if self.bidirectional else 1
         cell = self._cell()
+        weights = [
+            tuple(_autocast(w, cast) for w in self._layer_weights(layer, direction == 1))
+            for layer in range(self.num_layers)
+            for direction in range(directions)
+        ]
+        on_torch_nn = functional.layers_on_torch_nn(
+            cell,
+            x,
+            h0,
+            c0,
+            weights,
+            batch_sizes,
+            self.backend,
+            self.zoneout,
+            self.training,
+            self.dropout,
+            self.bidirectional,
+        )
+        if on_torch_nn is not None:
+            return on_torch_nn
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(directions):
                 index = layer * directions + direction
-                weights = self._layer_weights(layer, direction == 1)
-                weights = [_autocast(w, cast) for w in weights]
                 output, h, c = functional.sequence(
                     cell,
                     x,
                     h0[index],
                     c0[index] if c0 is not None else None,
-                    *weights,
+                    *weights[index],
                     batch_sizes,
                     direction == 1,
                     self.backend,

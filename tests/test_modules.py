@@ -325,6 +325,38 @@ def test_dropout_between_layers_matches_torch_nn(backend):
     assert not torch.equal(ours, fused(x)[0])
 
 
+@pytest.mark.parametrize(
+    "torch_class, extra, op",
+    [
+        (nn.LSTM, {"proj_size": 4}, "aten::lstm"),
+        (nn.GRU, {}, "aten::gru"),
+        (nn.RNN, {"nonlinearity": "relu"}, "aten::rnn_relu"),
+    ],
+    ids=["lstm-proj", "gru", "rnn_relu"],
+)
+def test_torch_backend_runs_the_whole_stack_in_one_call_as_torch_nn(torch_class, extra, op):
+    """backend="torch" makes ONE call of torch.nn's op for every layer and direction (as torch.nn does), not one per
+    layer and direction; in eval mode with dropout set, outputs and gradients still equal torch.nn's in float64."""
+    torch_module = torch_class(3, 6, num_layers=2, bidirectional=True, dropout=0.3, dtype=torch.float64, **extra)
+    fused = fused_rnn.from_torch(torch_module, backend="torch").eval()
+    torch_module.eval()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    with torch.profiler.profile() as profile:
+        ours = fused(x)[0]
+    assert sum(event.count for event in profile.key_averages() if event.key == op) == 1
+    expected = torch_module(x)[0]
+    assert_close("output", expected, ours, ATOL, RTOL)
+    names = ["input", *(name for name, _ in fused.named_parameters())]
+    weights = torch.randn_like(expected)
+    for name, e, o in zip(
+        names,
+        torch.autograd.grad((expected * weights).sum(), [x, *torch_module.parameters()]),
+        torch.autograd.grad((ours * weights).sum(), [x, *fused.parameters()]),
+        strict=True,
+    ):
+        assert_close(f"grad {name}", e, o, ATOL, RTOL)
+
+
 def test_unchanged_training_loop():
     """A training loop written for torch.nn.LSTM runs as is with fused_rnn.LSTM, with the same losses."""
 

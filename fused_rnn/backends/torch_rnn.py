@@ -35,6 +35,21 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     return output, h_n, c_n
 
 
+def layers(cell, input, h0, c0, weights, batch_sizes, dropout, train, bidirectional):
+    """All layers and directions in one call, as torch.nn's layers make it; arguments as
+    fused_rnn.functional.layers_on_torch_nn's. `train`: run in training mode (dropout; cuDNN's backward needs it)."""
+    flat = [w for layer in weights for w in layer if w is not None]
+    num_layers = len(weights) // (2 if bidirectional else 1)
+    state = (h0, c0) if c0 is not None else h0
+    common = (flat, weights[0][2] is not None, num_layers, dropout, train, bidirectional)
+    if batch_sizes is None:
+        output, *final = _OPS[cell](input, state, *common, False)
+    else:
+        sizes = torch.tensor(batch_sizes, dtype=torch.int64)
+        output, *final = _OPS[cell](input, sizes, state, *common)
+    return output, final[0], final[1] if c0 is not None else None
+
+
 def _time_reversed(tensor, batch_sizes):
     """Each sequence of padded (T, B, *) or packed (N, *) rows reversed in time (its own inverse)."""
     if batch_sizes is None:
