@@ -54,7 +54,7 @@ def layernorm_lstm(
     hx: tuple[Tensor, Tensor] | None,
     weight_ih: Tensor,
     weight_hh: Tensor,
-    bias: Tensor | None,
+    bias_ih: Tensor | None,
     norm_ih_weight: Tensor,
     norm_hh_weight: Tensor,
     norm_c_weight: Tensor,
@@ -69,7 +69,8 @@ def layernorm_lstm(
     Args:
         input: (T, B, I), or packed rows (N, I) with batch_sizes (PackedSequence.data).
         hx: (h0, c0), each (B, H); zeros when None.
-        weight_ih: (4H, I). weight_hh: (4H, H). bias: (4H,) or None, added after both gate normalizations.
+        weight_ih: (4H, I). weight_hh: (4H, H). bias_ih: (4H,) or None, the one bias b, added after both gate
+            normalizations.
         norm_ih_weight, norm_hh_weight: (4H,) gains of the input and recurrent normalizations.
         norm_c_weight, norm_c_bias: (H,) gain and shift of the cell-state normalization.
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
@@ -86,7 +87,7 @@ def layernorm_lstm(
     tensors = {
         "weight_ih": weight_ih,
         "weight_hh": weight_hh,
-        "bias": bias,
+        "bias_ih": bias_ih,
         "norm_ih_weight": norm_ih_weight,
         "norm_hh_weight": norm_hh_weight,
         "norm_c_weight": norm_c_weight,
@@ -166,14 +167,13 @@ def _run(cell, input, h0, c0, tensors, batch_sizes, reverse, backend):
     h0 = checked_state("hx[0]" if cell == "lstm" else "hx", h0, input, (batch, hidden))
     if cell == "lstm":
         c0 = checked_state("hx[1]", c0, input, (batch, hidden))
-    bias_ih = tensors.get("bias_ih", tensors.get("bias"))
     leaves = (
         input,
         h0,
         c0,
         tensors["weight_ih"],
         tensors["weight_hh"],
-        bias_ih,
+        tensors["bias_ih"],
         tensors.get("bias_hh"),
         tensors["norm_ih_weight"],
         tensors["norm_hh_weight"],
@@ -218,7 +218,7 @@ def _checked_layout(input, batch_sizes):
 
 def _checked_weights(cell, input, tensors) -> int:
     """The hidden size, once every weight is a tensor of input's dtype and device with the shape the cell needs."""
-    optional = ("bias", "bias_ih", "bias_hh")
+    optional = ("bias_ih", "bias_hh")
     for name, t in tensors.items():
         if t is None and name in optional:
             continue
