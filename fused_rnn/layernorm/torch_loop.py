@@ -2,7 +2,8 @@
 
 The same equations as the reference, arranged as the fused driver arranges them: the input projection of all steps
 is one GEMM and its normalization one layer_norm, so that each step is one GEMM, one layer_norm and the pointwise
-cell math. Measured faster than the reference at every CPU shape (benchmarks/results/layernorm_cpu.md).
+cell math. Measured faster than the reference at every CPU shape (benchmarks/results/layernorm_cpu.md). For
+float16/bfloat16 the math and the carried states are float32 (as in the Triton kernels); only the outputs are rounded.
 """
 
 import torch
@@ -29,6 +30,12 @@ def sequence(
     reverse=False,
 ):
     """As fused_rnn.layernorm.reference.sequence."""
+    if input.dtype in (torch.float16, torch.bfloat16):
+        tensors = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, norm_ih_weight, norm_hh_weight)
+        tensors += (norm_c_weight, norm_c_bias)
+        widened = [t.float() if t is not None else None for t in tensors]
+        output, h_n, c_n = sequence(cell, *widened, batch_sizes, reverse)
+        return output.to(input.dtype), h_n.to(input.dtype), c_n.to(input.dtype) if c_n is not None else None
     rows = input.reshape(-1, input.shape[-1])
     width = weight_hh.shape[0]
     input_part = F.layer_norm(F.linear(rows, weight_ih), (width,), norm_ih_weight, bias_ih, EPS)
