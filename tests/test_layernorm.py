@@ -23,8 +23,8 @@ SHAPES = [  # T, B, I, H
     pytest.param(1, 1, 1, 1, id="T1-B1-I1-H1"),
     pytest.param(1, 3, 5, 7, id="T1-B3-I5-H7"),
     pytest.param(5, 1, 3, 13, id="T5-B1-I3-H13"),
-    pytest.param(3, 5, 8, 130, id="T3-B5-I8-H130"),  # two column chunks per row
-    pytest.param(2, 19, 4, 72, id="T2-B19-I4-H72"),  # three programs along the batch
+    pytest.param(2, 5, 8, 130, id="T2-B5-I8-H130"),  # two column chunks per row
+    pytest.param(2, 19, 4, 40, id="T2-B19-I4-H40"),  # two programs along the batch
 ]
 
 
@@ -166,9 +166,9 @@ def test_without_bias_and_without_hx(backend, cell):
 @pytest.mark.parametrize("packed, reverse", [(False, False), (True, True)], ids=["padded-forward", "packed-reverse"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_triton_gradcheck(cell, packed, reverse):
-    lengths = [3, 1]
+    lengths = [2, 1]
     batch_sizes = packed_batch_sizes(lengths) if packed else None
-    tensors = leaves(cell, 3, 2, 2, 3, rows=sum(lengths) if packed else None)
+    tensors = leaves(cell, 2, 2, 2, 3, rows=sum(lengths) if packed else None)
     # fast_mode checks a random projection of the Jacobian: the full one takes minutes in the interpreter (one
     # forward per input element), and every gradient entry is compared with the reference's in the tests above.
     assert torch.autograd.gradcheck(lambda *t: run(cell, "triton", t, batch_sizes, reverse), tensors, fast_mode=True)
@@ -177,7 +177,17 @@ def test_triton_gradcheck(cell, packed, reverse):
 @pytest.mark.parametrize("cell", CELLS)
 def test_double_backward_recomputes_through_the_reference(cell):
     tensors = leaves(cell, 2, 1, 1, 2)
-    assert torch.autograd.gradgradcheck(lambda *t: run(cell, "triton", t), tensors, fast_mode=True)
+    # Second derivatives w.r.t. the input, the recurrent weight and gain (the rest held fixed): each numerical
+    # evaluation runs the interpreted kernels once more.
+    wrt = [0, 4 if cell == "lstm" else 3, 7]  # input, weight_hh, norm_hh_weight
+
+    def with_fixed_rest(*varied):
+        given = list(tensors)
+        for index, tensor in zip(wrt, varied):
+            given[index] = tensor
+        return run(cell, "triton", given)
+
+    assert torch.autograd.gradgradcheck(with_fixed_rest, [tensors[i] for i in wrt], fast_mode=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -185,7 +195,7 @@ def test_double_backward_recomputes_through_the_reference(cell):
 @pytest.mark.parametrize("backend", FUSED)
 def test_low_precision_within_twice_torch_error(backend, cell, dtype):
     """Against the float64 reference, our error is at most twice that of the reference run in the same dtype."""
-    exact_leaves = leaves(cell, 6, 3, 6, 24)
+    exact_leaves = leaves(cell, 4, 2, 4, 16)
     low = [t.detach().to(dtype).requires_grad_() for t in exact_leaves]
     exact = outputs_and_gradients(cell, "reference", exact_leaves)
     theirs = outputs_and_gradients(cell, "reference", low)
@@ -235,7 +245,7 @@ def per_sequence_oracle(layer, padded, lengths, states):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+@pytest.mark.parametrize("backend", FUSED)
 def test_module_bidirectional_two_layers_on_unsorted_packed_input(backend, cell):
     lengths = [3, 5, 1, 4]
     kind = fused_rnn.LayerNormLSTM if cell == "lstm" else fused_rnn.LayerNormGRU
