@@ -23,11 +23,15 @@ from fused_rnn.layernorm.reference import EPS, GATES
 from fused_rnn.packing import previous_hidden, time_steps
 
 # Elements of one [BLOCK_B, BLOCK_H] tile: the kernels hold about a dozen tiles at once (four gate blocks of two or
-# three quantities), so tiles are half the plain cell kernels' (fused_rnn/backends/triton/launch.py), and half again
-# for float64, whose values take two registers each. Checked unspilled for sm_80/sm_90 by tests/test_triton_compile.py.
-TILE_ELEMENTS = 1024
+# three quantities), so tiles are a quarter of the plain cell kernels' (fused_rnn/backends/triton/launch.py), and a
+# quarter of that for float64 (the gradcheck dtype), whose values take two registers each. At 1024 elements the fp32
+# LSTM forward (16x64, sm_90) and the fp64 GRU forward (4x128, sm_80) spilled a few bytes, and at 256 the fp64 LSTM
+# backward (2x128, sm_80); checked unspilled for sm_80/sm_90 by tests/test_triton_compile.py.
+TILE_ELEMENTS = 512
 MAX_BLOCK_H = 128
 MAX_BLOCK_B = 16
+# The reference's epsilon, as a constant the compiled kernels can read (the interpreter reads any global).
+KERNEL_EPS = tl.constexpr(EPS)
 
 
 @triton.jit
@@ -48,7 +52,9 @@ def _gain(p, cols, mask_cols, ACC: tl.constexpr):
 
 
 @triton.jit
-def _row_mean_rstd(p_x, rows, row_mask, H, GATES: tl.constexpr, ACC: tl.constexpr, BLOCK_B, BLOCK_H: tl.constexpr):
+def _row_mean_rstd(
+    p_x, rows, row_mask, H, GATES: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr
+):
     """Mean and 1 / sqrt(variance + eps) of each row of a [rows, GATES * H] tensor, two passes over its columns (the
     second on centred values: no cancellation when the mean is large)."""
     width = GATES * H
@@ -63,7 +69,7 @@ def _row_mean_rstd(p_x, rows, row_mask, H, GATES: tl.constexpr, ACC: tl.constexp
         mask = row_mask[:, None] & (cols < width)[None, :]
         centred = tl.where(mask, _load(p_x, rows, cols, width, mask, ACC) - mean[:, None], 0.0)
         squares += centred * centred
-    return mean, 1.0 / tl.sqrt(tl.sum(squares, axis=1) / width + EPS)
+    return mean, 1.0 / tl.sqrt(tl.sum(squares, axis=1) / width + KERNEL_EPS)
 
 
 @triton.jit
@@ -132,7 +138,7 @@ def lstm_fwd_kernel(
         mask = row_mask[:, None] & (cols < H)[None, :]
         centred = tl.where(mask, _load(p_c, rows, cols, H, mask, ACC) - mean_c[:, None], 0.0)
         c_squares += centred * centred
-    rstd_c = 1.0 / tl.sqrt(tl.sum(c_squares, axis=1) / H + EPS)
+    rstd_c = 1.0 / tl.sqrt(tl.sum(c_squares, axis=1) / H + KERNEL_EPS)
 
     for start in range(0, H, BLOCK_H):
         cols = start + tl.arange(0, BLOCK_H)
@@ -405,7 +411,7 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _launch_config(batch: int, hidden: int, dtype: torch.dtype) -> tuple[dict, tuple[int]]:
     block_h = min(triton.next_power_of_2(hidden), MAX_BLOCK_H)
-    elements = TILE_ELEMENTS // (2 if dtype == torch.float64 else 1)
+    elements = TILE_ELEMENTS // (4 if dtype == torch.float64 else 1)
     block_b = min(triton.next_power_of_2(batch), max(1, elements // block_h), MAX_BLOCK_B)
     constants = {"ACC": tl.float64 if dtype == torch.float64 else tl.float32, "BLOCK_B": block_b, "BLOCK_H": block_h}
     return constants, (triton.cdiv(batch, block_b),)
