@@ -207,6 +207,35 @@ def test_low_precision_within_twice_torch_error(backend, cell, dtype):
         assert_within_twice_torch_error(f"grad {name}", e, o, t, floor=1e-3 * e.abs().max().item())
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("backend", FUSED)
+def test_low_precision_carries_the_state_in_float32(backend, cell):
+    """Zero weights make every normalized product 0, so the gates are their biases. The LSTM's c grows by
+    tanh(1e-3) per step from 1 (f = i = 1); the GRU's h moves 1e-3 of the way from 0.5 to n = 1 per step. Either
+    step is below half a bfloat16 spacing there (2**-8 at 1, 2**-9 at 0.5): a bfloat16 state would never move."""
+    steps, hidden, bf16 = 64, 3, torch.bfloat16
+    gates = (4 if cell == "lstm" else 3) * hidden
+    x = torch.ones(steps, 1, 1, dtype=bf16, device=DEVICE)
+    zeros = [torch.zeros(gates, 1, dtype=bf16, device=DEVICE), torch.zeros(gates, hidden, dtype=bf16, device=DEVICE)]
+    ones = torch.ones(gates, dtype=bf16, device=DEVICE)
+    if cell == "lstm":
+        bias = torch.tensor([20.0, 20.0, 1e-3, 20.0], dtype=bf16, device=DEVICE).repeat_interleave(hidden)
+        state = torch.ones(1, hidden, dtype=bf16, device=DEVICE)
+        cell_norm = [torch.ones(hidden, dtype=bf16, device=DEVICE), torch.zeros(hidden, dtype=bf16, device=DEVICE)]
+        _, (_, final) = functional.layernorm_lstm(
+            x, (state, state), *zeros, bias, ones, ones, *cell_norm, backend=backend
+        )
+        exact = 1 + steps * torch.tanh(bias[2 * hidden].double())
+    else:
+        bias = torch.tensor([0.0, 6.906754778648554, 20.0], dtype=bf16, device=DEVICE).repeat_interleave(hidden)
+        state = torch.full((1, hidden), 0.5, dtype=bf16, device=DEVICE)
+        _, final = functional.layernorm_gru(x, state, *zeros, torch.zeros_like(bias), bias, ones, ones, backend=backend)
+        exact = 1 - 0.5 * torch.sigmoid(bias[hidden].double()) ** steps
+    # One bfloat16 spacing (2**-8 in [0.5, 1), 2**-7 in [1, 2)): the Triton interpreter rounds toward zero where
+    # it stores bfloat16 (0.5310 became 0.5273), a GPU to nearest. A bfloat16 state would be 6% off.
+    assert_close("final state", torch.full_like(final, exact.item(), dtype=torch.float64), final, atol=0, rtol=2**-7)
+
+
 def test_triton_is_deterministic():
     tensors = leaves("lstm", 4, 6, 4, 9)
     first, second = (outputs_and_gradients("lstm", "triton", tensors) for _ in range(2))
