@@ -39,13 +39,16 @@ def sequence(
     rows = input.reshape(-1, input.shape[-1])
     width = weight_hh.shape[0]
     input_part = F.layer_norm(F.linear(rows, weight_ih), (width,), norm_ih_weight, bias_ih, EPS)
+    steps = time_steps(batch_sizes, rows.shape[0], h0.shape[0], False)
+    # One split, not a slice per step: each slice's backward would write a zero-filled gradient of all rows.
+    step_inputs = dict(zip((offset for offset, _ in steps), input_part.split([batch for _, batch in steps])))
     hidden = h0.shape[1]
     state = (h0, c0) if cell == "lstm" else (h0,)
     outputs = {}
-    for offset, batch in time_steps(batch_sizes, rows.shape[0], h0.shape[0], reverse):
+    for offset, batch in steps[::-1] if reverse else steps:
         h = state[0][:batch]
         recurrent = F.layer_norm(F.linear(h, weight_hh), (width,), norm_hh_weight, bias_hh, EPS)
-        x = input_part[offset : offset + batch]
+        x = step_inputs[offset]
         if cell == "lstm":
             i, f, g, o = (x + recurrent).chunk(4, dim=-1)
             c = torch.sigmoid(f) * state[1][:batch] + torch.sigmoid(i) * torch.tanh(g)
