@@ -2,7 +2,7 @@
 
 The same equations as the reference, arranged as the fused driver arranges them: the input projection of all steps
 is one GEMM and its normalization one layer_norm, so that each step is one GEMM, one layer_norm and the pointwise
-cell math. Measured faster than the reference at every CPU shape (benchmarks/results/layernorm_cpu.md). For
+cell math (benchmarks/results/layernorm_cpu.md compares it with the reference and with a torch.nn-composed loop). For
 float16/bfloat16 the math and the carried states are float32 (as in the Triton kernels); only the outputs are rounded.
 """
 
