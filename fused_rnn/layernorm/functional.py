@@ -17,7 +17,7 @@ Tensor = torch.Tensor
 BACKENDS = ("auto", "triton", "torch", "reference")
 # "auto" on CPU: the loop of torch ops with the input projection and its normalization hoisted out of the loop
 # ("torch"). In benchmarks/results/layernorm_cpu.md (a shared 2-core machine, noise +-30%) it beat the reference in 6
-# of 8 rows (0.53-0.79x at B=1 and in forward at B=32); at B=32 forward+backward it measured 1.2-1.3x the reference's
+# of 8 rows (0.49-0.80x: at B=1 and in forward at B=32); at B=32 forward+backward it measured 1.2-1.3x the reference's
 # time there, while a profile of that LSTM case on a quieter moment gave 44 ms against the reference's 56 (fewer,
 # larger GEMMs). The Triton interpreter is never picked: it is for tests.
 CPU_AUTO = "torch"
