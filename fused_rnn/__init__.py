@@ -1,11 +1,12 @@
 """Fused LSTM, GRU and Elman RNN layers for PyTorch: drop-in replacements for torch.nn's.
 
-Also IndRNN, and the recurrent regularizers WeightDrop (DropConnect on W_hh) and LockedDropout.
+Also LayerNorm LSTM/GRU, IndRNN, and the recurrent regularizers WeightDrop (DropConnect on W_hh) and LockedDropout.
 """
 
 from fused_rnn import functional, reference
 from fused_rnn.backends import available_backends
 from fused_rnn.indrnn.modules import IndRNN, IndRNNCell
+from fused_rnn.layernorm.modules import LayerNormGRU, LayerNormGRUCell, LayerNormLSTM, LayerNormLSTMCell
 from fused_rnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch, to_torch
 from fused_rnn.regularizers import LockedDropout, WeightDrop
 
@@ -16,6 +17,10 @@ __all__ = [
     "GRUCell",
     "IndRNN",
     "IndRNNCell",
+    "LayerNormGRU",
+    "LayerNormGRUCell",
+    "LayerNormLSTM",
+    "LayerNormLSTMCell",
     "LockedDropout",
     "LSTMCell",
     "RNNCell",

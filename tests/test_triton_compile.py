@@ -75,7 +75,10 @@ class Specialization:
     @property
     def dtype(self) -> str:
         signature = dict(self.signature)
-        gates = next(name for name in ("p_xg", "p_dgx", "p_dpre") if signature.get(name, "constexpr") != "constexpr")
+        # The storage dtype: the plain cells' and IndRNN's gate inputs, the LayerNorm kernels' h W_hh^T (their
+        # normalized input part is fp32 whatever the storage).
+        storage = ("p_xg", "p_dgx", "p_dpre", "p_hg", "p_dhg")
+        gates = next(name for name in storage if signature.get(name, "constexpr") != "constexpr")
         return signature[gates].lstrip("*")
 
     @property
@@ -127,7 +130,7 @@ def record_specializations() -> list[Specialization]:
         group = (s.cell, s.direction, s.dtype, s.tile[1])
         largest_block_b[group] = max(largest_block_b.get(group, 0), s.tile[0])
     largest = [s for s in sweep if s.tile[0] == largest_block_b[(s.cell, s.direction, s.dtype, s.tile[1])]]
-    return list(dict.fromkeys(standard + largest + _record_indrnn()))
+    return list(dict.fromkeys(standard + largest + _record_indrnn() + _record_layernorm()))
 
 
 def _record_indrnn() -> list[Specialization]:
@@ -165,8 +168,98 @@ def _record_indrnn() -> list[Specialization]:
     return list(dict.fromkeys(recorded))
 
 
+LAYERNORM_CELLS = ("layernorm_lstm", "layernorm_gru")
+
+
+def _record_layernorm() -> list[Specialization]:
+    """The LayerNorm LSTM/GRU step kernels (fused_rnn/backends/triton/layernorm.py), forward and backward, for every
+    cell, dtype, bias and training flag at the standard shapes and the sweep's sizes."""
+    import torch
+
+    from fused_rnn.backends.triton import layernorm
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+    recorded: list[Specialization] = []
+
+    def recorder(cell, direction, kernel):
+        class Recorder:
+            def __getitem__(self, grid):
+                return lambda **arguments: recorded.append(_specialize(cell, direction, kernel, arguments))
+
+        return Recorder()
+
+    names = ("lstm_fwd_kernel", "lstm_bwd_kernel", "gru_fwd_kernel", "gru_bwd_kernel")
+    kernels = {name: getattr(layernorm, name) for name in names}
+    for name, kernel in kernels.items():
+        cell, direction, _ = name.split("_")
+        setattr(layernorm, name, recorder(f"layernorm_{cell}", direction, kernel))
+    # As for the plain cells: every variant at the standard shapes; from the sweep (training, fp32 and fp64), per
+    # BLOCK_H only the largest tile.
+    standard = itertools.product(DTYPES, STANDARD_SHAPES, ("lstm", "gru"), (True, False), (True, False))
+    sweep_shapes = list(itertools.product(SWEEP_SIZES, SWEEP_SIZES)) + SWEEP_UNALIGNED
+    sweep = itertools.product(SWEEP_DTYPES, sweep_shapes, ("lstm", "gru"), (True,), (True,))
+    try:
+        for dtype, (batch, hidden), cell, bias, training in standard:
+            _run_layernorm_driver(layernorm, cell, dtypes[dtype], batch, hidden, bias, training)
+        from_standard = len(recorded)
+        for dtype, (batch, hidden), cell, bias, training in sweep:
+            _run_layernorm_driver(layernorm, cell, dtypes[dtype], batch, hidden, bias, training)
+    finally:
+        for name, kernel in kernels.items():
+            setattr(layernorm, name, kernel)
+    largest_block_b: dict[tuple, int] = {}
+    for s in recorded[from_standard:]:
+        group = (s.cell, s.direction, s.dtype, s.tile[1])
+        largest_block_b[group] = max(largest_block_b.get(group, 0), s.tile[0])
+    largest = [
+        s for s in recorded[from_standard:] if s.tile[0] == largest_block_b[(s.cell, s.direction, s.dtype, s.tile[1])]
+    ]
+    return list(dict.fromkeys(recorded[:from_standard] + largest))
+
+
+def _run_layernorm_driver(layernorm, cell, dtype, batch, hidden, bias, training):
+    """One forward (and, when training, one backward) of a LayerNorm layer with input size = hidden, on meta
+    tensors."""
+    import torch
+
+    meta = {"device": "meta", "dtype": dtype}
+    lstm, width = cell == "lstm", (4 if cell == "lstm" else 3) * hidden
+    vector = lambda size: torch.empty(size, **meta)
+    input, h0 = torch.empty(STEPS * batch, hidden, **meta), torch.empty(batch, hidden, **meta)
+    c0 = torch.empty(batch, hidden, **meta) if lstm else None
+    weights = [torch.empty(width, hidden, **meta), torch.empty(width, hidden, **meta)]
+    biases = [vector(width) if bias else None, vector(width) if bias and not lstm else None]
+    gains = [vector(width), vector(width)]
+    cell_norm = [vector(hidden), vector(hidden)] if lstm else [None, None]
+    output, h_n, c_n, *saved = layernorm.sequence_forward(
+        cell, input, h0, c0, *weights, *biases, *gains, *cell_norm, None, False, training
+    )
+    if training:
+        needs_grad = [True, True, lstm, True, True, bias, bias and not lstm, True, True, lstm, lstm]
+        layernorm.sequence_backward(
+            cell,
+            torch.empty_like(output),
+            torch.empty_like(h_n),
+            torch.empty_like(c_n) if lstm else None,
+            input,
+            h0,
+            *weights,
+            *gains,
+            *cell_norm,
+            output,
+            saved,
+            None,
+            False,
+            needs_grad,
+        )
+
+
 def kernel_of(specialization: Specialization):
     """The @triton.jit function a specialization was recorded from."""
+    if specialization.cell in LAYERNORM_CELLS:
+        from fused_rnn.backends.triton import layernorm
+
+        return getattr(layernorm, f"{specialization.cell.removeprefix('layernorm_')}_{specialization.direction}_kernel")
     if specialization.cell == "indrnn":
         from fused_rnn.backends.triton import indrnn
 
@@ -408,7 +501,7 @@ def test_every_kernel_specialization_compiles_without_spilling():
     print(format_table(rows))
     print(f"{len(rows)} compiles in {time.perf_counter() - start:.0f} s")
     compiled = {(*row["kernel"].split()[:3], row["arch"]) for row in rows}
-    expected = itertools.product([*CELLS, "indrnn"], ("fwd", "bwd"), DTYPES, ARCHITECTURES)
+    expected = itertools.product([*CELLS, "indrnn", *LAYERNORM_CELLS], ("fwd", "bwd"), DTYPES, ARCHITECTURES)
     assert compiled == set(expected), "a cell, direction, dtype or architecture was never compiled"
     problems = failures(rows)
     assert not problems, "\n".join(problems)
