@@ -3,6 +3,8 @@
 Also LayerNorm LSTM/GRU, IndRNN, and the recurrent regularizers WeightDrop (DropConnect on W_hh) and LockedDropout.
 """
 
+import torch
+
 from fused_rnn import functional, reference
 from fused_rnn.backends import available_backends
 from fused_rnn.indrnn.modules import IndRNN, IndRNNCell
@@ -32,3 +34,8 @@ __all__ = [
     "WeightDrop",
 ]
 __version__ = "0.1.0"
+
+# torch.load(weights_only=True) may rebuild every layer fused_rnn exports from a pickled model, as torch.nn's own.
+torch.serialization.add_safe_globals(
+    [obj for obj in map(globals().get, __all__) if isinstance(obj, type) and issubclass(obj, torch.nn.Module)]
+)

@@ -385,10 +385,6 @@ _TORCH_CLASS = {
     RNNCell: nn.RNNCell,
 }
 _FUSED_CLASS = {torch_class: fused for fused, torch_class in _TORCH_CLASS.items()}
-# A whole saved model that holds these loads with torch.load(weights_only=True), as one holding torch.nn's does.
-torch.serialization.add_safe_globals(list(_TORCH_CLASS))
-
-
 def _refuse_torchscript(module: nn.Module):
     """What torch.jit.script meets: it calls __prepare_scriptable__ on every module before compiling it."""
     raise TypeError(

@@ -189,7 +189,10 @@ def test_whole_model_loads_with_weights_only_in_a_fresh_process(tmp_path):
     )
     assert process.returncode == 0, process.stderr
     result = torch.load(tmp_path / "result.pt")
-    assert sorted(result["registered"]) == sorted(f"fused_rnn.modules.{c.__name__}" for c in FUSED_CLASSES)
+    exported_modules = [getattr(fused_rnn, name) for name in fused_rnn.__all__]
+    exported_modules = [c for c in exported_modules if isinstance(c, type) and issubclass(c, nn.Module)]
+    assert set(FUSED_CLASSES) <= set(exported_modules)
+    assert sorted(result["registered"]) == sorted(f"{c.__module__}.{c.__qualname__}" for c in exported_modules)
     assert result["types"] == {
         name: f"{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_children()
     }

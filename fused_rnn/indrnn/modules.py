@@ -246,7 +246,3 @@ class IndRNNCell(nn.Module):
             x, hx, self.weight_ih, self.weight_hh, self.bias_ih, nonlinearity=self.nonlinearity, backend=self.backend
         )
         return h.squeeze(0) if unbatched else h
-
-
-# torch.load(weights_only=True) may rebuild these classes from a pickled model, as torch.nn's own.
-torch.serialization.add_safe_globals([IndRNN, IndRNNCell])
