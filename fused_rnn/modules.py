@@ -385,6 +385,8 @@ _TORCH_CLASS = {
     RNNCell: nn.RNNCell,
 }
 _FUSED_CLASS = {torch_class: fused for fused, torch_class in _TORCH_CLASS.items()}
+
+
 def _refuse_torchscript(module: nn.Module):
     """What torch.jit.script meets: it calls __prepare_scriptable__ on every module before compiling it."""
     raise TypeError(
