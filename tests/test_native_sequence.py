@@ -210,7 +210,8 @@ def test_auto_picks_cpu_only_where_it_was_measured_faster():
     assert resolve("auto", cpu, torch.float32, workload=Workload("gru", 1, False, False)) == "cpu"
     assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 64, True, True)) == "cpu"
     assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 1, False, False)) == "torch"
-    assert resolve("auto", cpu, torch.float32, workload=Workload("gru", 64, False, True)) == "torch"
+    assert resolve("auto", cpu, torch.float32, workload=Workload("gru", 64, False, True)) == "cpu"
+    assert resolve("auto", cpu, torch.float32, workload=Workload("gru", 256, False, True)) == "torch"  # not measured
     assert resolve("auto", cpu, torch.bfloat16, workload=Workload("gru", 1, False, False)) == "torch"
 
 
