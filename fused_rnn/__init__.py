@@ -1,12 +1,14 @@
 """Fused LSTM, GRU and Elman RNN layers for PyTorch: drop-in replacements for torch.nn's.
 
-Also IndRNN, and the recurrent regularizers WeightDrop (DropConnect on W_hh) and LockedDropout.
+Also IndRNN, the xLSTM paper's sLSTM and LSTM/GRU with multi-head (block-diagonal) recurrent weights, and the
+recurrent regularizers WeightDrop (DropConnect on W_hh) and LockedDropout.
 """
 
 from fused_rnn import functional, reference
 from fused_rnn.backends import available_backends
 from fused_rnn.indrnn.modules import IndRNN, IndRNNCell
 from fused_rnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch, to_torch
+from fused_rnn.multihead.modules import MultiHeadGRU, MultiHeadLSTM, sLSTM
 from fused_rnn.regularizers import LockedDropout, WeightDrop
 
 __all__ = [
@@ -18,11 +20,14 @@ __all__ = [
     "IndRNNCell",
     "LockedDropout",
     "LSTMCell",
+    "MultiHeadGRU",
+    "MultiHeadLSTM",
     "RNNCell",
     "available_backends",
     "from_torch",
     "functional",
     "reference",
+    "sLSTM",
     "to_torch",
     "WeightDrop",
 ]
