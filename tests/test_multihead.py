@@ -249,7 +249,11 @@ def test_without_bias_and_without_state(backend, cell):
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded-forward", "packed-reverse"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_triton_gradcheck(cell, packed):
+@pytest.mark.parametrize("backend", FUSED)
+def test_gradcheck(backend, cell, packed):
+    """Full Jacobians through the torch steps; through the Triton kernels, whose interpreter takes seconds per
+    Jacobian column, gradcheck's fast mode (random projections of the Jacobian), next to the exact float64
+    comparisons with the reference's gradients above."""
     lengths = [3, 1]
     batch_sizes = packed_batch_sizes(lengths) if packed else None
     x, state, *weights = leaves(cell, 2, 2, 1, 2, 1, rows=sum(lengths) if packed else None)
@@ -261,11 +265,11 @@ def test_triton_gradcheck(cell, packed):
         if cell == "slstm":
             weights.append(None)
         output, final = functional.run(
-            cell, x, state, *weights, batch_sizes=batch_sizes, reverse=packed, backend="triton"
+            cell, x, state, *weights, batch_sizes=batch_sizes, reverse=packed, backend=backend
         )
         return output, *final
 
-    assert torch.autograd.gradcheck(run, present)
+    assert torch.autograd.gradcheck(run, present, fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize(
@@ -284,7 +288,7 @@ def test_double_backward_recomputes_through_the_reference(backend, cell):
         output, final = functional.run(cell, x, state, *weights, backend=backend)
         return output, *final
 
-    assert torch.autograd.gradgradcheck(run, present)
+    assert torch.autograd.gradgradcheck(run, present, fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -359,10 +363,9 @@ def test_one_head_equals_torch_nn_bidirectional_two_layers_on_unsorted_packed_in
     padded = torch.randn(5, 4, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
     state = tuple(torch.randn(4, 4, 5, dtype=torch.float64, device=DEVICE) for _ in STATE_NAMES[cell])
     hx = state if cell == "lstm" else state[0]
-    packed = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=False)
     results = []
     for layer in (theirs, ours):
-        output, final = layer(packed, hx)
+        output, final = layer(pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=False), hx)
         output, _ = pad_packed_sequence(output)
         finals = list(final) if cell == "lstm" else [final]
         results.append([output, *finals])
