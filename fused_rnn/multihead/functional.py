@@ -12,7 +12,7 @@ import torch
 from fused_rnn.backends import resolve
 from fused_rnn.functional import checked_state
 from fused_rnn.indrnn.functional import _checked_layout as checked_layout
-from fused_rnn.multihead import autograd, reference
+from fused_rnn.multihead import autograd, reference, sequence
 from fused_rnn.multihead.reference import FORGET_GATES, GATES, STATES
 
 Tensor = torch.Tensor
@@ -74,7 +74,7 @@ def run(
     each (B, H) or None for zeros, or None for all zeros. Returns output and the final state tuple."""
     checked_forget_gate(forget_gate)
     batch_sizes = checked_layout(input, batch_sizes)
-    hidden, head_dim = _check_weights(cell, input, weight_ih, weight_hh, bias_ih, bias_hh)
+    hidden = _check_weights(cell, input, weight_ih, weight_hh, bias_ih, bias_hh)
     batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
     names = STATES[cell]
     if state is None:
@@ -82,7 +82,8 @@ def run(
     if len(state) != len(names):
         raise ValueError(f"the {cell} state must be a tuple ({', '.join(names)}), got {len(state)} tensors")
     state = tuple(checked_state(f"{name}0", s, input, (batch, hidden)) for name, s in zip(names, state))
-    chosen = chosen_backend(backend, input.device, input.dtype, batch * max(reference.GATES[cell], 7) * hidden)
+    width = max(GATES[cell], sequence.SAVED_WIDTH[cell]) * hidden  # the widest per-row block the kernels index
+    chosen = chosen_backend(backend, input.device, input.dtype, batch * width)
     if chosen == "reference":
         return reference.sequence(
             cell, input, state, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes, reverse, forget_gate
@@ -198,8 +199,8 @@ def multihead_gru(
     return output, h_n
 
 
-def _check_weights(cell, input, weight_ih, weight_hh, bias_ih, bias_hh) -> tuple[int, int]:
-    """(hidden_size, head_dim) once the weights have the cell's shapes and input's dtype and device."""
+def _check_weights(cell, input, weight_ih, weight_hh, bias_ih, bias_hh) -> int:
+    """hidden_size, once the weights have the cell's shapes and input's dtype and device."""
     named = (("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih), ("bias_hh", bias_hh))
     for name, t in named:
         if t is None and name.startswith("weight"):
@@ -229,4 +230,4 @@ def _check_weights(cell, input, weight_ih, weight_hh, bias_ih, bias_hh) -> tuple
             raise ValueError(f"{name} must be ({gates * hidden},), got shape {tuple(t.shape)}")
     if cell == "slstm" and bias_hh is not None:
         raise ValueError("the sLSTM has one bias (bias_ih): a second one would only add to it")
-    return hidden, weight_hh.shape[2]
+    return hidden

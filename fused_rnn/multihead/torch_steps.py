@@ -86,7 +86,7 @@ def backward_step(cell, dh, dout, carried, saved, hprev, dgx, dgh, head_dim, exp
         dn = dn_in - d_out * o * c / (n * n)
         di, df = dc * z + dn, dc * c_prev + dn * n_prev
         dm = dm_in - di * i_gate - df * f_gate
-        dkept = torch.where(n_prev == 0, 0.0, df * f_gate + torch.where(from_input, 0.0, dm))
+        dkept = df * f_gate + torch.where(from_input, 0.0, dm)  # 0 for an empty state, as in the kernel
         grads = [
             di * i_gate + torch.where(from_input, dm, 0.0),
             dkept if exp_forget else dkept * torch.sigmoid(-f_pre),

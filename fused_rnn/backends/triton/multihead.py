@@ -162,8 +162,8 @@ def slstm_bwd_kernel(
     b_df = b_dc * b_c_prev + b_dn * b_n_prev  # of f'
     # m enters through i' = exp(i~ - m) and f' = exp(kept - m); m itself is i~ or kept.
     b_dm = tl.load(p_dm + state, mask=mask, other=0.0) - b_di * b_i - b_df * b_f
+    # An empty state's kept is the constant -inf; it needs no mask: there f' = 0 and m' = i~, so b_dkept is 0.
     b_dkept = b_df * b_f + tl.where(b_from_input, 0.0, b_dm)
-    b_dkept = tl.where(b_n_prev == 0.0, 0.0, b_dkept)  # an empty state's kept is the constant -inf
     if EXP_FORGET:
         b_df_pre = b_dkept
     else:
