@@ -338,9 +338,13 @@ def gru_bwd_kernel(
     tl.store(p_dc + state, b_dh * b_z, mask=mask)
 
 
-# Tiles as fused_rnn.backends.triton.launch picks them for the plain cells: at most 2048 fp32 accumulator values
-# (1024 fp64) and 64 rows per tile, up to 128 hidden units wide. Checked unspilled by tests/test_triton_compile.py.
-TILE_ACCUMULATOR_BITS = 2048 * 32
+# Accumulator values per tile at 32 bits, per cell, and 64 rows at most, up to 128 hidden units wide: the plain
+# cells' tiles (fused_rnn.backends.triton.launch) for the headed LSTM and GRU; half for the sLSTM, whose backward
+# keeps about twice as many values live (at 2048 its fp32 backward spilled 12-88 bytes on sm_80/sm_90). A float64
+# value takes two registers, and the float64 kernels spilled at a half (the sLSTM up to 276 bytes) and at a quarter
+# (the headed LSTM's backward with unaligned heads, 4 bytes), so float64 tiles hold an eighth: float64 is the
+# gradcheck dtype, not a fast path. Checked unspilled by tests/test_triton_compile.py.
+TILE_VALUES = {"lstm": 2048, "gru": 2048, "slstm": 1024}
 MAX_BLOCK_B = 64
 MAX_BLOCK_H = 128
 
@@ -350,11 +354,11 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _launch_config(batch: int, hidden: int, dtype: torch.dtype) -> tuple[dict, tuple[int, int]]:
+def _launch_config(cell: str, batch: int, hidden: int, dtype: torch.dtype) -> tuple[dict, tuple[int, int]]:
     acc = tl.float64 if dtype == torch.float64 else tl.float32
     block_h = min(triton.next_power_of_2(hidden), MAX_BLOCK_H)
-    max_elements = TILE_ACCUMULATOR_BITS // acc.primitive_bitwidth
-    block_b = min(triton.next_power_of_2(batch), max(1, max_elements // block_h), MAX_BLOCK_B)
+    max_values = TILE_VALUES[cell] // (8 if dtype == torch.float64 else 1)
+    block_b = min(triton.next_power_of_2(batch), max(1, max_values // block_h), MAX_BLOCK_B)
     grid = (triton.cdiv(batch, block_b), triton.cdiv(hidden, block_h))
     return {"ACC": acc, "BLOCK_B": block_b, "BLOCK_H": block_h}, grid
 
@@ -366,7 +370,7 @@ def forward_step(cell, xg, hg, bias_hh, h, carried, out, saved, head_dim, exp_fo
     `carried` ((c,) for the LSTM, (c, n, m) for the sLSTM, () for the GRU) are updated in their first bs rows.
     """
     batch, hidden = out.shape
-    constants, grid = _launch_config(batch, hidden, out.dtype)
+    constants, grid = _launch_config(cell, batch, hidden, out.dtype)
     common = {"p_xg": xg, "p_hg": hg, "p_h": h, "p_out": out, "p_saved": saved, "bs": batch, "H": hidden}
     common.update(DH=head_dim, SAVE=saved is not None, **constants)
     if cell == "slstm":
@@ -386,7 +390,7 @@ def backward_step(cell, dh, dout, carried, saved, hprev, dgx, dgh, head_dim, exp
     overwritten with the gradients of the state this step started from. hprev (bs, H) is read by the GRU only.
     """
     batch, hidden = dout.shape
-    constants, grid = _launch_config(batch, hidden, dout.dtype)
+    constants, grid = _launch_config(cell, batch, hidden, dout.dtype)
     common = {"p_dh": dh, "p_dout": dout, "p_saved": saved, "p_dgx": dgx, "p_dgh": dgh, "bs": batch, "H": hidden}
     common.update(DH=head_dim, **constants)
     if cell == "slstm":
