@@ -29,10 +29,10 @@ from fused_rnn.multihead import functional
 
 # (cell, batch, steps, hidden, heads); input size = hidden
 SHAPES = [
-    ("slstm", 1, 50, 128, 4),
-    ("slstm", 16, 50, 512, 4),
-    ("lstm", 1, 50, 128, 4),
-    ("lstm", 16, 50, 512, 4),
+    ("slstm", 1, 20, 128, 4),
+    ("slstm", 16, 20, 256, 4),
+    ("lstm", 1, 20, 128, 4),
+    ("lstm", 16, 20, 256, 4),
 ]
 QUICK_SHAPES = [("slstm", 2, 6, 16, 2), ("lstm", 2, 6, 16, 2)]
 GATES = 4
