@@ -1,6 +1,7 @@
 """Fused LSTM, GRU and Elman RNN layers for PyTorch: drop-in replacements for torch.nn's.
 
-Also LayerNorm LSTM/GRU, IndRNN, and the recurrent regularizers WeightDrop (DropConnect on W_hh) and LockedDropout.
+Also LayerNorm LSTM/GRU, IndRNN, the xLSTM paper's sLSTM and LSTM/GRU with multi-head (block-diagonal) recurrent
+weights, and the recurrent regularizers WeightDrop (DropConnect on W_hh) and LockedDropout.
 """
 
 import torch
@@ -10,6 +11,7 @@ from fused_rnn.backends import available_backends
 from fused_rnn.indrnn.modules import IndRNN, IndRNNCell
 from fused_rnn.layernorm.modules import LayerNormGRU, LayerNormGRUCell, LayerNormLSTM, LayerNormLSTMCell
 from fused_rnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch, to_torch
+from fused_rnn.multihead.modules import MultiHeadGRU, MultiHeadLSTM, sLSTM
 from fused_rnn.regularizers import LockedDropout, WeightDrop
 
 __all__ = [
@@ -25,11 +27,14 @@ __all__ = [
     "LayerNormLSTMCell",
     "LockedDropout",
     "LSTMCell",
+    "MultiHeadGRU",
+    "MultiHeadLSTM",
     "RNNCell",
     "available_backends",
     "from_torch",
     "functional",
     "reference",
+    "sLSTM",
     "to_torch",
     "WeightDrop",
 ]

@@ -130,7 +130,7 @@ def record_specializations() -> list[Specialization]:
         group = (s.cell, s.direction, s.dtype, s.tile[1])
         largest_block_b[group] = max(largest_block_b.get(group, 0), s.tile[0])
     largest = [s for s in sweep if s.tile[0] == largest_block_b[(s.cell, s.direction, s.dtype, s.tile[1])]]
-    return list(dict.fromkeys(standard + largest + _record_indrnn() + _record_layernorm()))
+    return list(dict.fromkeys(standard + largest + _record_indrnn() + _record_layernorm() + _record_multihead()))
 
 
 def _record_indrnn() -> list[Specialization]:
@@ -252,6 +252,88 @@ def _run_layernorm_driver(layernorm, cell, dtype, batch, hidden, bias, training)
             False,
             needs_grad,
         )
+
+
+# The multi-head cells' step kernels (fused_rnn/backends/triton/multihead.py), named as in the table.
+MULTIHEAD_CELLS = {"slstm": "slstm", "headed_lstm": "lstm", "headed_gru": "gru"}
+
+
+def _record_multihead() -> list[Specialization]:
+    """The multi-head driver's step kernels (fused_rnn/multihead/sequence.py), forward and backward, for every dtype
+    and flag (bias, saving for the backward, the sLSTM's forget gate) at two standard shapes, with one and eight
+    heads, and an unaligned one (head_dim 25); and the tallest tile of every BLOCK_H in fp32 and fp64."""
+    import torch
+
+    from fused_rnn.backends.triton import multihead
+    from fused_rnn.multihead import sequence
+    from fused_rnn.multihead.reference import GATES, STATES
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+    recorded: list[Specialization] = []
+
+    def recorder(name, direction, kernel):
+        class Recorder:
+            def __getitem__(self, grid):
+                return lambda **arguments: recorded.append(_specialize(name, direction, kernel, arguments))
+
+        return Recorder()
+
+    kernels = {}
+    for name, cell in MULTIHEAD_CELLS.items():
+        for direction in ("fwd", "bwd"):
+            attribute = f"{cell}_{direction}_kernel"
+            kernels[attribute] = getattr(multihead, attribute)
+            setattr(multihead, attribute, recorder(name, direction, kernels[attribute]))
+
+    def run(cell, dtype, batch, hidden, heads, bias, training, exp_forget):
+        meta = {"device": "meta", "dtype": dtypes[dtype]}
+        gates, head_dim = GATES[cell], hidden // heads
+        input = torch.empty(STEPS * batch, hidden, **meta)
+        state = tuple(torch.empty(batch, hidden, **meta) for _ in STATES[cell])
+        weight_ih = torch.empty(gates * hidden, hidden, **meta)
+        weight_hh = torch.empty(heads, gates * head_dim, head_dim, **meta)
+        bias_ih = torch.empty(gates * hidden, **meta) if bias else None
+        bias_hh = bias_ih if bias and cell != "slstm" else None
+        output, final, saved = sequence.sequence_forward(
+            cell, input, state, weight_ih, weight_hh, bias_ih, bias_hh, None, False, training, exp_forget, "triton"
+        )
+        if training:
+            needs_grad = [True] * (1 + len(state)) + [True, True, bias, bias and cell != "slstm"]
+            sequence.sequence_backward(
+                cell,
+                torch.empty_like(output),
+                final,
+                input,
+                state,
+                weight_ih,
+                weight_hh,
+                output,
+                saved,
+                None,
+                False,
+                exp_forget,
+                needs_grad,
+                "triton",
+            )
+
+    # (batch, hidden, heads): every dtype at one standard shape; fp32 and fp64 (one storage dtype per accumulator
+    # dtype, as the sweep) also at B=1 with eight heads and unaligned.
+    shapes = [(dtype, (64, 1024, 1)) for dtype in DTYPES]
+    shapes += [(dtype, shape) for dtype in SWEEP_DTYPES for shape in [(1, 512, 8), (3, 100, 4)]]
+    try:
+        for name, (dtype, (batch, hidden, heads)), bias, training, exp_forget in itertools.product(
+            MULTIHEAD_CELLS, shapes, (True, False), (True, False), (False, True)
+        ):
+            cell = MULTIHEAD_CELLS[name]
+            if exp_forget and cell != "slstm":
+                continue
+            run(cell, dtype, batch, hidden, heads, bias, training, exp_forget)
+        for name, dtype, hidden in itertools.product(MULTIHEAD_CELLS, SWEEP_DTYPES, [2**k for k in range(8)]):
+            run(MULTIHEAD_CELLS[name], dtype, 4096, hidden, 1, True, True, False)
+    finally:
+        for attribute, kernel in kernels.items():
+            setattr(multihead, attribute, kernel)
+    return list(dict.fromkeys(recorded))
 
 
 def kernel_of(specialization: Specialization):
@@ -501,7 +583,9 @@ def test_every_kernel_specialization_compiles_without_spilling():
     print(format_table(rows))
     print(f"{len(rows)} compiles in {time.perf_counter() - start:.0f} s")
     compiled = {(*row["kernel"].split()[:3], row["arch"]) for row in rows}
-    expected = itertools.product([*CELLS, "indrnn", *LAYERNORM_CELLS], ("fwd", "bwd"), DTYPES, ARCHITECTURES)
+    expected = itertools.product(
+        [*CELLS, "indrnn", *LAYERNORM_CELLS, *MULTIHEAD_CELLS], ("fwd", "bwd"), DTYPES, ARCHITECTURES
+    )
     assert compiled == set(expected), "a cell, direction, dtype or architecture was never compiled"
     problems = failures(rows)
     assert not problems, "\n".join(problems)

@@ -1,0 +1,347 @@
+"""Multi-head recurrent layers as torch.nn-style modules: sLSTM, MultiHeadLSTM, MultiHeadGRU.
+
+FlashRNN's multi-head recurrence: the hidden state is split into num_heads heads of head_dim = hidden_size /
+num_heads units and each head's units feed only that head's gates, so the recurrent weight is block-diagonal.
+
+Parameters per layer k (and `_reverse` for the second direction), G the number of gates (4 for the LSTM and sLSTM,
+3 for the GRU), H = hidden_size:
+- weight_ih_l{k} (G * H, input size of the layer): the input projection, gate-major as torch.nn's.
+- weight_hh_l{k} (num_heads, G * head_dim, head_dim): each head's block of the recurrent weight; with num_heads=1,
+  weight_hh_l{k}[0] is torch.nn's weight_hh_l{k}.
+- bias_ih_l{k} (G * H,), and for MultiHeadLSTM/MultiHeadGRU bias_hh_l{k} (G * H,) as torch.nn's (the GRU's b_hn
+  sits inside r * (...)); the sLSTM has one bias, since a second would only add to it.
+
+Initialisation: every weight uniform in (-1/sqrt(H), 1/sqrt(H)), torch.nn's rule, so MultiHeadLSTM/MultiHeadGRU with
+num_heads=1 are initialised as torch.nn.LSTM/GRU. The sLSTM's bias is zero except the forget gate's, which spans 3
+to 6 linearly over each head's units (forget gates sigmoid(3) = 0.95 to sigmoid(6) = 0.998): the xLSTM paper and
+FlashRNN initialise forget-gate biases positive and spread over a range per head, so that units start remembering
+over a range of time scales; the exact range here is our choice.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from fused_rnn.multihead import functional
+from fused_rnn.multihead.functional import checked_backend, checked_forget_gate
+from fused_rnn.multihead.reference import GATES, STATES
+
+SLSTM_FORGET_BIAS_RANGE = (3.0, 6.0)
+
+
+def _checked_size(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class _MultiHeadRNN(nn.Module):
+    cell = ""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        num_heads: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        backend: str = "auto",
+        forget_gate: str = "sigmoid",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.input_size = _checked_size("input_size", input_size)
+        self.hidden_size = _checked_size("hidden_size", hidden_size)
+        self.num_layers = _checked_size("num_layers", num_layers)
+        self.num_heads = _checked_size("num_heads", num_heads)
+        if hidden_size % num_heads:
+            raise ValueError(
+                f"hidden_size must be divisible by num_heads, got hidden_size={hidden_size}, num_heads={num_heads}"
+            )
+        self.head_dim = hidden_size // num_heads
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.dropout = float(dropout)
+        self.backend = checked_backend(backend)
+        self.forget_gate = checked_forget_gate(forget_gate)
+        factory = {"device": device, "dtype": dtype}
+        gates = GATES[self.cell] * hidden_size
+        directions = 2 if bidirectional else 1
+        biases = ("bias_ih",) if self.cell == "slstm" else ("bias_ih", "bias_hh")
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * directions
+            for suffix in ("", "_reverse")[:directions]:
+                shapes = {
+                    "weight_ih": (gates, layer_input),
+                    "weight_hh": (num_heads, GATES[self.cell] * self.head_dim, self.head_dim),
+                }
+                if bias:
+                    shapes.update((name, (gates,)) for name in biases)
+                for name, shape in shapes.items():
+                    self.register_parameter(f"{name}_l{layer}{suffix}", nn.Parameter(torch.empty(shape, **factory)))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for name, parameter in self.named_parameters(recurse=False):
+            if self.cell == "slstm" and name.startswith("bias"):
+                self._init_slstm_bias(parameter)
+            else:
+                nn.init.uniform_(parameter, -bound, bound)
+
+    @torch.no_grad()
+    def _init_slstm_bias(self, bias):
+        bias.zero_()
+        low, high = SLSTM_FORGET_BIAS_RANGE
+        per_head = torch.linspace(low, high, self.head_dim) if self.head_dim > 1 else torch.tensor([high])
+        bias.view(4, self.num_heads, self.head_dim)[1] = per_head.to(bias)
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        defaults = (
+            ("num_layers", 1),
+            ("num_heads", 1),
+            ("bias", True),
+            ("batch_first", False),
+            ("dropout", 0.0),
+            ("bidirectional", False),
+            ("backend", "auto"),
+        )
+        if self.cell == "slstm":
+            defaults += (("forget_gate", "sigmoid"),)
+        for name, default in defaults:
+            if getattr(self, name) != default:
+                text += f", {name}={getattr(self, name)!r}"
+        return text
+
+    def _layer_weights(self, layer: int, reverse: bool):
+        suffix = f"_l{layer}{'_reverse' if reverse else ''}"
+        return tuple(
+            getattr(self, f"{name}{suffix}", None) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
+
+    def _run(self, input, state):
+        """(output, final state tuple of (layers * directions, B, H) tensors) for a state tuple or None."""
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            batch_sizes = batch_sizes.tolist()
+            batch, unbatched = batch_sizes[0], False
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{type(self).__name__}: expected input to be 2-D or 3-D, got {input.dim()}-D")
+            unbatched, batch_sizes = input.dim() == 2, None
+            x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first else input
+            batch = x.shape[1]
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
+            )
+        state = self._initial_state(state, x, batch, unbatched)
+        if packed and sorted_indices is not None:
+            state = tuple(s.index_select(1, sorted_indices) for s in state)
+
+        directions = 2 if self.bidirectional else 1
+        finals = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                output, final = functional.run(
+                    self.cell,
+                    x,
+                    tuple(s[index] for s in state),
+                    *self._layer_weights(layer, direction == 1),
+                    forget_gate=self.forget_gate,
+                    batch_sizes=batch_sizes,
+                    reverse=direction == 1,
+                    backend=self.backend,
+                )
+                outputs.append(output)
+                finals.append(final)
+            x = torch.cat(outputs, -1) if directions == 2 else outputs[0]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+        final = tuple(torch.stack(f) for f in zip(*finals))
+
+        if packed:
+            if unsorted_indices is not None:
+                final = tuple(f.index_select(1, unsorted_indices) for f in final)
+            return PackedSequence(x, input.batch_sizes, sorted_indices, unsorted_indices), final
+        if unbatched:
+            return x.squeeze(1), tuple(f.squeeze(1) for f in final)
+        return (x.transpose(0, 1) if self.batch_first else x), final
+
+    def _initial_state(self, state, x, batch, unbatched):
+        names = STATES[self.cell]
+        shape = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
+        if state is None:
+            return tuple(x.new_zeros(shape) for _ in names)
+        if not isinstance(state, (tuple, list)):
+            raise TypeError(
+                f"hx must be a tuple ({', '.join(names)}) for {type(self).__name__}, got {type(state).__name__}"
+            )
+        if len(state) != len(names):
+            raise ValueError(f"hx must be a tuple ({', '.join(names)}) for {type(self).__name__}, got {len(state)}")
+        expected = (shape[0], shape[2]) if unbatched else shape
+        checked = []
+        for name, s in zip(names, state):
+            if not isinstance(s, torch.Tensor):
+                raise TypeError(f"hx's {name} must be a Tensor, got {type(s).__name__}")
+            if tuple(s.shape) != expected:
+                raise ValueError(f"hx's {name} must have shape {expected}, got {tuple(s.shape)}")
+            checked.append(s.unsqueeze(1) if unbatched else s)
+        return tuple(checked)
+
+
+class sLSTM(_MultiHeadRNN):  # noqa: N801 (the paper's name)
+    """Multi-layer sLSTM (Beck et al. 2024, xLSTM), with torch.nn.LSTM's arguments and conventions.
+
+    Per step, with pre-activations i~, f~, z~, o~ = x W_ih^T + b + (per head) h R^T:
+    m' = max(log f + m, i~), c' = f' c + i' tanh(z~), n' = f' n + i', h' = sigmoid(o~) c' / n', where
+    i' = exp(i~ - m'), f' = exp(log f + m - m') and log f = log sigmoid(f~) (or f~ with forget_gate="exp"). An empty
+    state (n = 0) takes m' = i~. See fused_rnn.multihead.reference.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional: as torch.nn.LSTM.
+        num_heads: heads of the block-diagonal recurrent weight; hidden_size must be divisible by it.
+        forget_gate: "sigmoid" (the paper's default) or "exp".
+        backend: "auto", "triton", "torch" or "reference" (see fused_rnn.multihead.functional.slstm).
+
+    Inputs: input (T, B, I), (B, T, I) when batch_first, unbatched (T, I), or a PackedSequence; hx = (h0, c0, n0, m0),
+    each (num_layers * num_directions, B, hidden_size) (without B when unbatched), or None for the zero state, which
+    FlashRNN also starts from.
+
+    Outputs: output (T, B, num_directions * hidden_size) (batch_first, unbatched or packed like the input) and
+    (h_n, c_n, n_n, m_n) shaped like hx: pass them back as hx to continue the sequence.
+    """
+
+    cell = "slstm"
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        num_heads=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        forget_gate="sigmoid",
+        backend="auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            num_heads,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            backend,
+            forget_gate,
+            device,
+            dtype,
+        )
+
+    def forward(self, input, hx=None):
+        return self._run(input, hx)
+
+
+class MultiHeadLSTM(_MultiHeadRNN):
+    """torch.nn.LSTM with a block-diagonal recurrent weight of num_heads heads; num_heads=1 is torch.nn.LSTM.
+
+    Args: torch.nn.LSTM's (no proj_size), and num_heads, backend. Inputs and outputs as torch.nn.LSTM's:
+    input, (h0, c0) -> output, (h_n, c_n).
+    """
+
+    cell = "lstm"
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        num_heads=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        backend="auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            num_heads,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            backend,
+            "sigmoid",
+            device,
+            dtype,
+        )
+
+    def forward(self, input, hx=None):
+        return self._run(input, hx)
+
+
+class MultiHeadGRU(_MultiHeadRNN):
+    """torch.nn.GRU with a block-diagonal recurrent weight of num_heads heads; num_heads=1 is torch.nn.GRU.
+
+    Args: torch.nn.GRU's, and num_heads, backend. Inputs and outputs as torch.nn.GRU's: input, h0 -> output, h_n.
+    """
+
+    cell = "gru"
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        num_heads=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        backend="auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            num_heads,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            backend,
+            "sigmoid",
+            device,
+            dtype,
+        )
+
+    def forward(self, input, hx=None):
+        if hx is not None and not isinstance(hx, torch.Tensor):
+            raise TypeError(f"hx must be a Tensor for MultiHeadGRU, got {type(hx).__name__}")
+        output, (h_n,) = self._run(input, None if hx is None else (hx,))
+        return output, h_n
