@@ -346,6 +346,10 @@ def kernel_of(specialization: Specialization):
         from fused_rnn.backends.triton import indrnn
 
         return indrnn.indrnn_fwd_kernel if specialization.direction == "fwd" else indrnn.indrnn_bwd_kernel
+    if specialization.cell in MULTIHEAD_CELLS:
+        from fused_rnn.backends.triton import multihead
+
+        return getattr(multihead, f"{MULTIHEAD_CELLS[specialization.cell]}_{specialization.direction}_kernel")
     from fused_rnn.backends.triton.launch import KERNELS
 
     forward, backward, _ = KERNELS[specialization.cell]
