@@ -5,7 +5,8 @@
 Contenders, all float32, all holding the weights of one torch.nn layer initialised from --seed:
 - torch.nn: the nn.LSTM/nn.GRU layer under torch.no_grad().
 - onnxruntime: that layer exported by torch.onnx's TorchScript exporter (ONNX's LSTM/GRU operators), run by an
-  onnxruntime.InferenceSession on the CPUExecutionProvider with intra_op_num_threads = the thread count.
+  onnxruntime.InferenceSession on the CPUExecutionProvider with intra_op_num_threads = the thread count, its
+  threads not spinning between runs (they would take the cores the next contender needs).
 - fused_rnn.cpu: fused_rnn.LSTM/GRU with backend="cpu" (the compiled C++ kernels).
 - fused_rnn.auto: fused_rnn.LSTM/GRU with backend="auto", what a user gets.
 Every contender's output is checked against the float64 torch.nn layer before it is timed; one that fails is
@@ -146,6 +147,9 @@ def make_session(onnx_path: Path, threads: int) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # ONNX Runtime's pool threads otherwise spin for a while after each run, on the cores the next contender's
+    # threads need: measured, fused_rnn's per-step barrier then took up to 1.7x its time alone at 2 threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(onnx_path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
