@@ -14,10 +14,10 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
 
 from fused_rnn import functional
 from fused_rnn.backends import checked_name
+from fused_rnn.layer_input import cell_input, layer_input
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -86,46 +86,19 @@ class _FusedRNNBase:
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), weight_hr
 
     def forward(self, input, hx=None):
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            x, batch_sizes, sorted_indices, unsorted_indices = input
-            batch_sizes = batch_sizes.tolist()
-            batch, unbatched = batch_sizes[0], False
-        else:
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D tensor")
-            unbatched, batch_sizes = input.dim() == 2, None
-            x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first else input
-            batch = x.shape[1]
-        if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
-            )
+        layout = layer_input(type(self).__name__, input, self.input_size, self.batch_first)
         # Under autocast the input and the states may arrive in different dtypes (an fp32 hx beside a bf16 input
         # from an autocast op); like torch.nn, cast them first and check that they agree after.
-        cast = _autocast_dtype(x.device.type)
-        x = _autocast(x, cast)
-        h0, c0 = self._initial_state(hx, x, batch, unbatched, cast)
-        if packed and sorted_indices is not None:
-            h0 = h0.index_select(1, sorted_indices)
-            c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
+        cast = _autocast_dtype(layout.x.device.type)
+        x = _autocast(layout.x, cast)
+        h0, c0 = self._initial_state(hx, x, layout.batch, layout.unbatched, cast)
+        h0, *c0 = layout.sorted_states([h0] if c0 is None else [h0, c0])
 
         with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
-            output, h_n, c_n = self._run_layers(x, h0, c0, batch_sizes, cast)
+            output, *finals = self._run_layers(x, h0, c0[0] if c0 else None, layout.batch_sizes, cast)
 
-        if packed:
-            output = PackedSequence(output, input.batch_sizes, sorted_indices, unsorted_indices)
-            if unsorted_indices is not None:
-                h_n = h_n.index_select(1, unsorted_indices)
-                c_n = c_n.index_select(1, unsorted_indices) if c_n is not None else None
-        elif unbatched:
-            output, h_n = output.squeeze(1), h_n.squeeze(1)
-            c_n = c_n.squeeze(1) if c_n is not None else None
-        elif self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_n, c_n) if c_n is not None else h_n
+        output, finals = layout.output(output, [f for f in finals if f is not None])
+        return output, tuple(finals) if len(finals) == 2 else finals[0]
 
     def _run_layers(self, x, h0, c0, batch_sizes, cast):
         directions = 2 if self.bidirectional else 1
@@ -287,17 +260,7 @@ class _FusedCellBase:
         return super().extra_repr() + _repr_options(self)
 
     def forward(self, input, hx=None):
-        name = type(self).__name__
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        unbatched = input.dim() == 1
-        x = input.unsqueeze(0) if unbatched else input
-        if x.shape[1] != self.input_size:
-            raise ValueError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[1]}"
-            )
+        x, unbatched = cell_input(type(self).__name__, input, self.input_size)
         has_c = self._cell() == "lstm"
         cast = _autocast_dtype(x.device.type)  # cast before the dtype checks, as in the layers' forward
         x = _autocast(x, cast)

@@ -458,7 +458,7 @@ def test_bad_input_is_rejected_with_named_errors():
         fused_rnn.LayerNormLSTM(3, 4)(torch.zeros(2, 1, 3), torch.zeros(1, 1, 4))
     with pytest.raises(TypeError, match="input must be a Tensor or PackedSequence"):
         fused_rnn.LayerNormGRU(3, 4)([1.0])
-    with pytest.raises(ValueError, match="LayerNormLSTMCell: expected input to be 1-D or 2-D"):
+    with pytest.raises(ValueError, match="LayerNormLSTMCell: Expected input to be 1D or 2D"):
         fused_rnn.LayerNormLSTMCell(3, 4)(torch.zeros(1, 1, 3))
 
 

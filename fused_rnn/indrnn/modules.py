@@ -18,16 +18,10 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
 
 from fused_rnn.indrnn import functional
 from fused_rnn.indrnn.functional import checked_backend, checked_nonlinearity
-
-
-def _checked_size(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+from fused_rnn.layer_input import cell_input, checked_size, layer_input
 
 
 def _init_indrnn_weights(module: nn.Module, hidden_size: int):
@@ -73,9 +67,9 @@ class IndRNN(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        self.input_size = _checked_size("input_size", input_size)
-        self.hidden_size = _checked_size("hidden_size", hidden_size)
-        self.num_layers = _checked_size("num_layers", num_layers)
+        self.input_size = checked_size("input_size", input_size)
+        self.hidden_size = checked_size("hidden_size", hidden_size)
+        self.num_layers = checked_size("num_layers", num_layers)
         self.nonlinearity = checked_nonlinearity(nonlinearity)
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
@@ -121,26 +115,9 @@ class IndRNN(nn.Module):
         )
 
     def forward(self, input, hx=None):
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            x, batch_sizes, sorted_indices, unsorted_indices = input
-            batch_sizes = batch_sizes.tolist()
-            batch, unbatched = batch_sizes[0], False
-        else:
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"IndRNN: expected input to be 2-D or 3-D, got {input.dim()}-D")
-            unbatched, batch_sizes = input.dim() == 2, None
-            x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first else input
-            batch = x.shape[1]
-        if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
-            )
-        h0 = self._initial_state(hx, x, batch, unbatched)
-        if packed and sorted_indices is not None:
-            h0 = h0.index_select(1, sorted_indices)
+        layout = layer_input("IndRNN", input, self.input_size, self.batch_first)
+        x, batch_sizes = layout.x, layout.batch_sizes
+        (h0,) = layout.sorted_states([self._initial_state(hx, x, layout.batch, layout.unbatched)])
 
         directions = 2 if self.bidirectional else 1
         h_n = []
@@ -161,16 +138,8 @@ class IndRNN(nn.Module):
             x = torch.cat(outputs, -1) if directions == 2 else outputs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)
-        h_n = torch.stack(h_n)
-
-        if packed:
-            output = PackedSequence(x, input.batch_sizes, sorted_indices, unsorted_indices)
-            if unsorted_indices is not None:
-                h_n = h_n.index_select(1, unsorted_indices)
-            return output, h_n
-        if unbatched:
-            return x.squeeze(1), h_n.squeeze(1)
-        return (x.transpose(0, 1) if self.batch_first else x), h_n
+        output, (h_n,) = layout.output(x, [torch.stack(h_n)])
+        return output, h_n
 
     def _initial_state(self, hx, x, batch, unbatched):
         shape = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
@@ -207,8 +176,8 @@ class IndRNNCell(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        self.input_size = _checked_size("input_size", input_size)
-        self.hidden_size = _checked_size("hidden_size", hidden_size)
+        self.input_size = checked_size("input_size", input_size)
+        self.hidden_size = checked_size("hidden_size", hidden_size)
         self.bias = bool(bias)
         self.nonlinearity = checked_nonlinearity(nonlinearity)
         self.backend = checked_backend(backend)
@@ -226,16 +195,7 @@ class IndRNNCell(nn.Module):
         return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
 
     def forward(self, input, hx=None):
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (1, 2):
-            raise ValueError(f"IndRNNCell: expected input to be 1-D or 2-D, got {input.dim()}-D")
-        unbatched = input.dim() == 1
-        x = input.unsqueeze(0) if unbatched else input
-        if x.shape[1] != self.input_size:
-            raise ValueError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[1]}"
-            )
+        x, unbatched = cell_input("IndRNNCell", input, self.input_size)
         if hx is not None:
             if not isinstance(hx, torch.Tensor):
                 raise TypeError(f"hx must be a Tensor, got {type(hx).__name__}")

@@ -20,17 +20,11 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
 
+from fused_rnn.layer_input import cell_input, checked_size, layer_input
 from fused_rnn.layernorm import functional
 from fused_rnn.layernorm.functional import checked_backend
 from fused_rnn.layernorm.reference import GATES
-
-
-def _checked_size(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _parameter_shapes(cell: str, input_size: int, hidden_size: int, bias: bool) -> dict[str, tuple[int, ...]]:
@@ -73,9 +67,9 @@ class _LayerNormRNN(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        self.input_size = _checked_size("input_size", input_size)
-        self.hidden_size = _checked_size("hidden_size", hidden_size)
-        self.num_layers = _checked_size("num_layers", num_layers)
+        self.input_size = checked_size("input_size", input_size)
+        self.hidden_size = checked_size("hidden_size", hidden_size)
+        self.num_layers = checked_size("num_layers", num_layers)
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
@@ -108,26 +102,9 @@ class _LayerNormRNN(nn.Module):
         return run(x, state, *weights, batch_sizes=batch_sizes, reverse=reverse, backend=self.backend)
 
     def forward(self, input, hx=None):
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            x, batch_sizes, sorted_indices, unsorted_indices = input
-            batch_sizes = batch_sizes.tolist()
-            batch, unbatched = batch_sizes[0], False
-        else:
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{type(self).__name__}: expected input to be 2-D or 3-D, got {input.dim()}-D")
-            unbatched, batch_sizes = input.dim() == 2, None
-            x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first else input
-            batch = x.shape[1]
-        if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
-            )
-        states = self._initial_states(hx, x, batch, unbatched)
-        if packed and sorted_indices is not None:
-            states = [s.index_select(1, sorted_indices) for s in states]
+        layout = layer_input(type(self).__name__, input, self.input_size, self.batch_first)
+        x, batch_sizes = layout.x, layout.batch_sizes
+        states = layout.sorted_states(self._initial_states(hx, x, layout.batch, layout.unbatched))
 
         directions = 2 if self.bidirectional else 1
         finals = []
@@ -142,16 +119,7 @@ class _LayerNormRNN(nn.Module):
             x = torch.cat(outputs, -1) if directions == 2 else outputs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)
-        finals = [torch.stack(parts) for parts in zip(*finals)]
-
-        if packed:
-            output = PackedSequence(x, input.batch_sizes, sorted_indices, unsorted_indices)
-            if unsorted_indices is not None:
-                finals = [f.index_select(1, unsorted_indices) for f in finals]
-        elif unbatched:
-            output, finals = x.squeeze(1), [f.squeeze(1) for f in finals]
-        else:
-            output = x.transpose(0, 1) if self.batch_first else x
+        output, finals = layout.output(x, [torch.stack(parts) for parts in zip(*finals)])
         return output, (tuple(finals) if self.CELL == "lstm" else finals[0])
 
     def _initial_states(self, hx, x, batch, unbatched) -> list:
@@ -232,8 +200,8 @@ class _LayerNormCell(nn.Module):
         self, input_size: int, hidden_size: int, bias: bool = True, backend: str = "auto", device=None, dtype=None
     ):
         super().__init__()
-        self.input_size = _checked_size("input_size", input_size)
-        self.hidden_size = _checked_size("hidden_size", hidden_size)
+        self.input_size = checked_size("input_size", input_size)
+        self.hidden_size = checked_size("hidden_size", hidden_size)
         self.bias = bool(bias)
         self.backend = checked_backend(backend)
         factory = {"device": device, "dtype": dtype}
@@ -249,16 +217,7 @@ class _LayerNormCell(nn.Module):
         return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
 
     def forward(self, input, hx=None):
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{type(self).__name__}: expected input to be 1-D or 2-D, got {input.dim()}-D")
-        unbatched = input.dim() == 1
-        x = input.unsqueeze(0) if unbatched else input
-        if x.shape[1] != self.input_size:
-            raise ValueError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[1]}"
-            )
+        x, unbatched = cell_input(type(self).__name__, input, self.input_size)
         if hx is not None:
             states = hx if self.CELL == "lstm" else (hx,)
             if self.CELL == "lstm" and (not isinstance(hx, (tuple, list)) or len(hx) != 2):

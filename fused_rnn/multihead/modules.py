@@ -22,19 +22,13 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
 
+from fused_rnn.layer_input import checked_size, layer_input
 from fused_rnn.multihead import functional
 from fused_rnn.multihead.functional import checked_backend, checked_forget_gate
 from fused_rnn.multihead.reference import GATES, STATES
 
 SLSTM_FORGET_BIAS_RANGE = (3.0, 6.0)
-
-
-def _checked_size(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class _MultiHeadRNN(nn.Module):
@@ -51,15 +45,16 @@ class _MultiHeadRNN(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = False,
         backend: str = "auto",
-        forget_gate: str = "sigmoid",
         device=None,
         dtype=None,
+        *,
+        forget_gate: str = "sigmoid",
     ):
         super().__init__()
-        self.input_size = _checked_size("input_size", input_size)
-        self.hidden_size = _checked_size("hidden_size", hidden_size)
-        self.num_layers = _checked_size("num_layers", num_layers)
-        self.num_heads = _checked_size("num_heads", num_heads)
+        self.input_size = checked_size("input_size", input_size)
+        self.hidden_size = checked_size("hidden_size", hidden_size)
+        self.num_layers = checked_size("num_layers", num_layers)
+        self.num_heads = checked_size("num_heads", num_heads)
         if hidden_size % num_heads:
             raise ValueError(
                 f"hidden_size must be divisible by num_heads, got hidden_size={hidden_size}, num_heads={num_heads}"
@@ -71,15 +66,17 @@ class _MultiHeadRNN(nn.Module):
         self.dropout = float(dropout)
         self.backend = checked_backend(backend)
         self.forget_gate = checked_forget_gate(forget_gate)
+        if self.cell != "slstm" and self.forget_gate != "sigmoid":
+            raise ValueError(f"forget_gate is the sLSTM's; {type(self).__name__} has torch.nn's sigmoid forget gate")
         factory = {"device": device, "dtype": dtype}
         gates = GATES[self.cell] * hidden_size
         directions = 2 if bidirectional else 1
         biases = ("bias_ih",) if self.cell == "slstm" else ("bias_ih", "bias_hh")
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * directions
+            in_features = input_size if layer == 0 else hidden_size * directions
             for suffix in ("", "_reverse")[:directions]:
                 shapes = {
-                    "weight_ih": (gates, layer_input),
+                    "weight_ih": (gates, in_features),
                     "weight_hh": (num_heads, GATES[self.cell] * self.head_dim, self.head_dim),
                 }
                 if bias:
@@ -129,26 +126,9 @@ class _MultiHeadRNN(nn.Module):
 
     def _run(self, input, state):
         """(output, final state tuple of (layers * directions, B, H) tensors) for a state tuple or None."""
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            x, batch_sizes, sorted_indices, unsorted_indices = input
-            batch_sizes = batch_sizes.tolist()
-            batch, unbatched = batch_sizes[0], False
-        else:
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{type(self).__name__}: expected input to be 2-D or 3-D, got {input.dim()}-D")
-            unbatched, batch_sizes = input.dim() == 2, None
-            x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first else input
-            batch = x.shape[1]
-        if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
-            )
-        state = self._initial_state(state, x, batch, unbatched)
-        if packed and sorted_indices is not None:
-            state = tuple(s.index_select(1, sorted_indices) for s in state)
+        layout = layer_input(type(self).__name__, input, self.input_size, self.batch_first)
+        x, batch_sizes = layout.x, layout.batch_sizes
+        state = tuple(layout.sorted_states(self._initial_state(state, x, layout.batch, layout.unbatched)))
 
         directions = 2 if self.bidirectional else 1
         finals = []
@@ -171,15 +151,8 @@ class _MultiHeadRNN(nn.Module):
             x = torch.cat(outputs, -1) if directions == 2 else outputs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)
-        final = tuple(torch.stack(f) for f in zip(*finals))
-
-        if packed:
-            if unsorted_indices is not None:
-                final = tuple(f.index_select(1, unsorted_indices) for f in final)
-            return PackedSequence(x, input.batch_sizes, sorted_indices, unsorted_indices), final
-        if unbatched:
-            return x.squeeze(1), tuple(f.squeeze(1) for f in final)
-        return (x.transpose(0, 1) if self.batch_first else x), final
+        output, final = layout.output(x, [torch.stack(f) for f in zip(*finals)])
+        return output, tuple(final)
 
     def _initial_state(self, state, x, batch, unbatched):
         names = STATES[self.cell]
@@ -252,9 +225,9 @@ class sLSTM(_MultiHeadRNN):  # noqa: N801 (the paper's name)
             dropout,
             bidirectional,
             backend,
-            forget_gate,
             device,
             dtype,
+            forget_gate=forget_gate,
         )
 
     def forward(self, input, hx=None):
@@ -270,35 +243,6 @@ class MultiHeadLSTM(_MultiHeadRNN):
 
     cell = "lstm"
 
-    def __init__(
-        self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        num_heads=1,
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
-        backend="auto",
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            num_heads,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            backend,
-            "sigmoid",
-            device,
-            dtype,
-        )
-
     def forward(self, input, hx=None):
         return self._run(input, hx)
 
@@ -310,35 +254,6 @@ class MultiHeadGRU(_MultiHeadRNN):
     """
 
     cell = "gru"
-
-    def __init__(
-        self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        num_heads=1,
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
-        backend="auto",
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            num_heads,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            backend,
-            "sigmoid",
-            device,
-            dtype,
-        )
 
     def forward(self, input, hx=None):
         if hx is not None and not isinstance(hx, torch.Tensor):
