@@ -67,3 +67,44 @@ def preactivation(
     b_pre = load_gate(p_xg, gate, rows, cols, mask, H, GATES, ACC)
     b_pre += load_gate(p_hg, gate, rows, cols, mask, H, GATES, ACC)
     return b_pre + load_bias(p_bias, gate, cols, H, HAS_BIAS, ACC)
+
+
+# The LSTM's and GRU's pointwise math, shared by the plain step kernels (lstm.py, gru.py) and the multi-head ones
+# (multihead.py), which differ only in where they read and write.
+
+
+@triton.jit
+def lstm_cell(b_i_pre, b_f_pre, b_g_pre, b_o_pre, b_c):
+    """(i, f, g, o, c', h') from the gate pre-activations and c."""
+    b_i, b_f, b_g, b_o = sigmoid(b_i_pre), sigmoid(b_f_pre), tanh(b_g_pre), sigmoid(b_o_pre)
+    b_c_new = b_f * b_c + b_i * b_g
+    return b_i, b_f, b_g, b_o, b_c_new, b_o * tanh(b_c_new)
+
+
+@triton.jit
+def lstm_cell_backward(b_i, b_f, b_g, b_o, b_c, b_dh, b_dc):
+    """(d i~, d f~, d g~, d o~, d c) from the saved i, f, g, o, c and the gradients reaching h' and c'."""
+    b_tanh_c = tanh(b_f * b_c + b_i * b_g)
+    b_dc += b_dh * b_o * (1.0 - b_tanh_c * b_tanh_c)
+    b_di = b_dc * b_g * b_i * (1.0 - b_i)
+    b_df = b_dc * b_c * b_f * (1.0 - b_f)
+    b_dg = b_dc * b_i * (1.0 - b_g * b_g)
+    b_do = b_dh * b_tanh_c * b_o * (1.0 - b_o)
+    return b_di, b_df, b_dg, b_do, b_dc * b_f
+
+
+@triton.jit
+def gru_cell(b_r_pre, b_z_pre, b_xn, b_hn, b_h):
+    """(r, z, n, h') from r~, z~, the input part of n (x W_in^T + b_in) and its recurrent part (h W_hn^T + b_hn)."""
+    b_r, b_z = sigmoid(b_r_pre), sigmoid(b_z_pre)
+    b_n = tanh(b_xn + b_r * b_hn)
+    return b_r, b_z, b_n, (1.0 - b_z) * b_n + b_z * b_h
+
+
+@triton.jit
+def gru_cell_backward(b_r, b_z, b_n, b_hn, b_h, b_dh):
+    """(d r~, d z~, d n~, d h through h' = z h + ...) from the saved r, z, n, recurrent n part, h and dh'."""
+    b_dn = b_dh * (1.0 - b_z) * (1.0 - b_n * b_n)
+    b_dz = b_dh * (b_h - b_n) * b_z * (1.0 - b_z)
+    b_dr = b_dn * b_hn * b_r * (1.0 - b_r)
+    return b_dr, b_dz, b_dn, b_dh * b_z

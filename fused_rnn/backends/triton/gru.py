@@ -12,7 +12,14 @@ h' = d * h + (1 - d) * ((1 - z) * n + z * h).
 import triton
 import triton.language as tl
 
-from fused_rnn.backends.triton.cell_math import load_bias, load_gate, preactivation, sigmoid, store_gate, tanh
+from fused_rnn.backends.triton.cell_math import (
+    gru_cell,
+    gru_cell_backward,
+    load_bias,
+    load_gate,
+    preactivation,
+    store_gate,
+)
 
 
 @triton.jit
@@ -40,12 +47,15 @@ def gru_fwd_kernel(
     mask = (rows[:, None] < bs) & (cols[None, :] < H)
     state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
 
-    b_r = sigmoid(preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, 3, HAS_BIAS, ACC))
-    b_z = sigmoid(preactivation(p_xg, p_hg, p_bias, 1, rows, cols, mask, H, 3, HAS_BIAS, ACC))
     b_hn = load_gate(p_hg, 2, rows, cols, mask, H, 3, ACC) + load_bias(p_bias, 2, cols, H, HAS_BIAS, ACC)
-    b_n = tanh(load_gate(p_xg, 2, rows, cols, mask, H, 3, ACC) + b_r * b_hn)
     b_h = tl.load(p_h + state, mask=mask, other=0.0).to(ACC)
-    b_h_new = (1.0 - b_z) * b_n + b_z * b_h
+    b_r, b_z, b_n, b_h_new = gru_cell(
+        preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, 3, HAS_BIAS, ACC),
+        preactivation(p_xg, p_hg, p_bias, 1, rows, cols, mask, H, 3, HAS_BIAS, ACC),
+        load_gate(p_xg, 2, rows, cols, mask, H, 3, ACC),
+        b_hn,
+        b_h,
+    )
     if ZONEOUT:
         b_keep = load_gate(p_zoneout, 0, rows, cols, mask, H, 1, ACC)
         b_h_new = b_keep * b_h + (1.0 - b_keep) * b_h_new
@@ -99,9 +109,7 @@ def gru_bwd_kernel(
         b_keep = load_gate(p_zoneout, 0, rows, cols, mask, H, 1, ACC)
         b_dh_kept = b_keep * b_dh
         b_dh *= 1.0 - b_keep
-    b_dn = b_dh * (1.0 - b_z) * (1.0 - b_n * b_n)
-    b_dz = b_dh * (b_h - b_n) * b_z * (1.0 - b_z)
-    b_dr = b_dn * b_hn * b_r * (1.0 - b_r)
+    b_dr, b_dz, b_dn, b_dh_direct = gru_cell_backward(b_r, b_z, b_n, b_hn, b_h, b_dh)
 
     store_gate(p_dgx, 0, b_dr, rows, cols, mask, H, 3)
     store_gate(p_dgx, 1, b_dz, rows, cols, mask, H, 3)
@@ -110,6 +118,6 @@ def gru_bwd_kernel(
     store_gate(p_dgh, 1, b_dz, rows, cols, mask, H, 3)
     store_gate(p_dgh, 2, b_dn * b_r, rows, cols, mask, H, 3)
     if ZONEOUT:
-        tl.store(p_dc + state, b_dh * b_z + b_dh_kept, mask=mask)
+        tl.store(p_dc + state, b_dh_direct + b_dh_kept, mask=mask)
     else:
-        tl.store(p_dc + state, b_dh * b_z, mask=mask)
+        tl.store(p_dc + state, b_dh_direct, mask=mask)

@@ -12,7 +12,14 @@ c' = d_c * c + (1 - d_c) * (f * c + i * g) and h' = d_h * h + (1 - d_h) * o * ta
 import triton
 import triton.language as tl
 
-from fused_rnn.backends.triton.cell_math import load_gate, preactivation, sigmoid, store_gate, tanh
+from fused_rnn.backends.triton.cell_math import (
+    load_gate,
+    lstm_cell_backward,
+    preactivation,
+    sigmoid,
+    store_gate,
+    tanh,
+)
 
 
 @triton.jit
@@ -40,6 +47,8 @@ def lstm_fwd_kernel(
     mask = (rows[:, None] < bs) & (cols[None, :] < H)
     state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
 
+    # The cell math of cell_math.lstm_cell, written out: through the function the bf16 ZONEOUT variants spill 4-8
+    # bytes (ptxas, sm_80/sm_90), inline they do not.
     b_i = sigmoid(preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, 4, HAS_BIAS, ACC))
     b_f = sigmoid(preactivation(p_xg, p_hg, p_bias, 1, rows, cols, mask, H, 4, HAS_BIAS, ACC))
     b_g = tanh(preactivation(p_xg, p_hg, p_bias, 2, rows, cols, mask, H, 4, HAS_BIAS, ACC))
@@ -97,7 +106,6 @@ def lstm_bwd_kernel(
     b_g = load_gate(p_saved, 2, rows, cols, mask, H, 5, ACC)
     b_o = load_gate(p_saved, 3, rows, cols, mask, H, 5, ACC)
     b_c = load_gate(p_saved, 4, rows, cols, mask, H, 5, ACC)
-    b_tanh_c = tanh(b_f * b_c + b_i * b_g)
 
     b_dh = tl.load(p_dh + state, mask=mask, other=0.0).to(ACC)
     if HAS_DOUT:
@@ -112,13 +120,13 @@ def lstm_bwd_kernel(
         b_dc_kept = b_keep_c * b_dc
         b_dh *= 1.0 - b_keep_h
         b_dc *= 1.0 - b_keep_c
-    b_dc += b_dh * b_o * (1.0 - b_tanh_c * b_tanh_c)
+    b_di, b_df, b_dg, b_do, b_dc_prev = lstm_cell_backward(b_i, b_f, b_g, b_o, b_c, b_dh, b_dc)
 
-    store_gate(p_dgx, 0, b_dc * b_g * b_i * (1.0 - b_i), rows, cols, mask, H, 4)
-    store_gate(p_dgx, 1, b_dc * b_c * b_f * (1.0 - b_f), rows, cols, mask, H, 4)
-    store_gate(p_dgx, 2, b_dc * b_i * (1.0 - b_g * b_g), rows, cols, mask, H, 4)
-    store_gate(p_dgx, 3, b_dh * b_tanh_c * b_o * (1.0 - b_o), rows, cols, mask, H, 4)
+    store_gate(p_dgx, 0, b_di, rows, cols, mask, H, 4)
+    store_gate(p_dgx, 1, b_df, rows, cols, mask, H, 4)
+    store_gate(p_dgx, 2, b_dg, rows, cols, mask, H, 4)
+    store_gate(p_dgx, 3, b_do, rows, cols, mask, H, 4)
     if ZONEOUT:
-        tl.store(p_dc + state, b_dc * b_f + b_dc_kept, mask=mask)
+        tl.store(p_dc + state, b_dc_prev + b_dc_kept, mask=mask)
     else:
-        tl.store(p_dc + state, b_dc * b_f, mask=mask)
+        tl.store(p_dc + state, b_dc_prev, mask=mask)

@@ -15,7 +15,16 @@ import torch
 import triton
 import triton.language as tl
 
-from fused_rnn.backends.triton.cell_math import load_gate, sigmoid, store_gate, tanh
+from fused_rnn.backends.triton.cell_math import (
+    gru_cell,
+    gru_cell_backward,
+    load_gate,
+    lstm_cell,
+    lstm_cell_backward,
+    sigmoid,
+    store_gate,
+    tanh,
+)
 
 
 @triton.jit
@@ -201,13 +210,15 @@ def lstm_fwd_kernel(
     mask = (rows[:, None] < bs) & (cols[None, :] < H)
     state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
 
-    b_i = sigmoid(_preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, DH, 4, HAS_BIAS, ACC))
-    b_f = sigmoid(_preactivation(p_xg, p_hg, p_bias, 1, rows, cols, mask, H, DH, 4, HAS_BIAS, ACC))
-    b_g = tanh(_preactivation(p_xg, p_hg, p_bias, 2, rows, cols, mask, H, DH, 4, HAS_BIAS, ACC))
-    b_o = sigmoid(_preactivation(p_xg, p_hg, p_bias, 3, rows, cols, mask, H, DH, 4, HAS_BIAS, ACC))
     b_c = tl.load(p_c + state, mask=mask, other=0.0).to(ACC)
-    b_c_new = b_f * b_c + b_i * b_g
-    b_h = (b_o * tanh(b_c_new)).to(p_out.dtype.element_ty)
+    b_i, b_f, b_g, b_o, b_c_new, b_h = lstm_cell(
+        _preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, DH, 4, HAS_BIAS, ACC),
+        _preactivation(p_xg, p_hg, p_bias, 1, rows, cols, mask, H, DH, 4, HAS_BIAS, ACC),
+        _preactivation(p_xg, p_hg, p_bias, 2, rows, cols, mask, H, DH, 4, HAS_BIAS, ACC),
+        _preactivation(p_xg, p_hg, p_bias, 3, rows, cols, mask, H, DH, 4, HAS_BIAS, ACC),
+        b_c,
+    )
+    b_h = b_h.to(p_out.dtype.element_ty)
 
     tl.store(p_c + state, b_c_new, mask=mask)
     tl.store(p_out + state, b_h, mask=mask)
@@ -245,16 +256,16 @@ def lstm_bwd_kernel(
     b_g = load_gate(p_saved, 2, rows, cols, mask, H, 5, ACC)
     b_o = load_gate(p_saved, 3, rows, cols, mask, H, 5, ACC)
     b_c = load_gate(p_saved, 4, rows, cols, mask, H, 5, ACC)
-    b_tanh_c = tanh(b_f * b_c + b_i * b_g)
 
     b_dh = tl.load(p_dh + state, mask=mask, other=0.0).to(ACC) + tl.load(p_dout + state, mask=mask, other=0.0).to(ACC)
-    b_dc = tl.load(p_dc + state, mask=mask, other=0.0) + b_dh * b_o * (1.0 - b_tanh_c * b_tanh_c)
+    b_dc = tl.load(p_dc + state, mask=mask, other=0.0)
+    b_di, b_df, b_dg, b_do, b_dc_prev = lstm_cell_backward(b_i, b_f, b_g, b_o, b_c, b_dh, b_dc)
 
-    _store_gate_gradient(p_dgx, p_dgh, 0, b_dc * b_g * b_i * (1.0 - b_i), rows, cols, mask, H, DH, 4)
-    _store_gate_gradient(p_dgx, p_dgh, 1, b_dc * b_c * b_f * (1.0 - b_f), rows, cols, mask, H, DH, 4)
-    _store_gate_gradient(p_dgx, p_dgh, 2, b_dc * b_i * (1.0 - b_g * b_g), rows, cols, mask, H, DH, 4)
-    _store_gate_gradient(p_dgx, p_dgh, 3, b_dh * b_tanh_c * b_o * (1.0 - b_o), rows, cols, mask, H, DH, 4)
-    tl.store(p_dc + state, b_dc * b_f, mask=mask)
+    _store_gate_gradient(p_dgx, p_dgh, 0, b_di, rows, cols, mask, H, DH, 4)
+    _store_gate_gradient(p_dgx, p_dgh, 1, b_df, rows, cols, mask, H, DH, 4)
+    _store_gate_gradient(p_dgx, p_dgh, 2, b_dg, rows, cols, mask, H, DH, 4)
+    _store_gate_gradient(p_dgx, p_dgh, 3, b_do, rows, cols, mask, H, DH, 4)
+    tl.store(p_dc + state, b_dc_prev, mask=mask)
 
 
 @triton.jit
@@ -279,13 +290,17 @@ def gru_fwd_kernel(
     mask = (rows[:, None] < bs) & (cols[None, :] < H)
     state = rows[:, None] * H + cols[None, :]  # [BLOCK_B, BLOCK_H]
 
-    b_r = sigmoid(_preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, DH, 3, HAS_BIAS, ACC))
-    b_z = sigmoid(_preactivation(p_xg, p_hg, p_bias, 1, rows, cols, mask, H, DH, 3, HAS_BIAS, ACC))
     # n = tanh(x_n + b_in + r * (h W_hn^T + b_hn)): its recurrent part without the input projection.
     b_hn = _recurrent_part(p_hg, p_bias, 2, rows, cols, mask, H, DH, 3, HAS_BIAS, ACC)
-    b_n = tanh(load_gate(p_xg, 2, rows, cols, mask, H, 3, ACC) + b_r * b_hn)
     b_h = tl.load(p_h + state, mask=mask, other=0.0).to(ACC)
-    b_h_new = ((1.0 - b_z) * b_n + b_z * b_h).to(p_out.dtype.element_ty)
+    b_r, b_z, b_n, b_h_new = gru_cell(
+        _preactivation(p_xg, p_hg, p_bias, 0, rows, cols, mask, H, DH, 3, HAS_BIAS, ACC),
+        _preactivation(p_xg, p_hg, p_bias, 1, rows, cols, mask, H, DH, 3, HAS_BIAS, ACC),
+        load_gate(p_xg, 2, rows, cols, mask, H, 3, ACC),
+        b_hn,
+        b_h,
+    )
+    b_h_new = b_h_new.to(p_out.dtype.element_ty)
 
     tl.store(p_out + state, b_h_new, mask=mask)
     tl.store(p_h + state, b_h_new, mask=mask)
@@ -325,9 +340,7 @@ def gru_bwd_kernel(
 
     b_dh = tl.load(p_dh + state, mask=mask, other=0.0).to(ACC) + tl.load(p_dc + state, mask=mask, other=0.0)
     b_dh += tl.load(p_dout + state, mask=mask, other=0.0).to(ACC)
-    b_dn = b_dh * (1.0 - b_z) * (1.0 - b_n * b_n)
-    b_dz = b_dh * (b_h - b_n) * b_z * (1.0 - b_z)
-    b_dr = b_dn * b_hn * b_r * (1.0 - b_r)
+    b_dr, b_dz, b_dn, b_dh_direct = gru_cell_backward(b_r, b_z, b_n, b_hn, b_h, b_dh)
 
     store_gate(p_dgx, 0, b_dr, rows, cols, mask, H, 3)
     store_gate(p_dgx, 1, b_dz, rows, cols, mask, H, 3)
@@ -335,7 +348,7 @@ def gru_bwd_kernel(
     tl.store(p_dgh + _head_major(rows, cols, 0, H, DH, 3), b_dr.to(p_dgh.dtype.element_ty), mask=mask)
     tl.store(p_dgh + _head_major(rows, cols, 1, H, DH, 3), b_dz.to(p_dgh.dtype.element_ty), mask=mask)
     tl.store(p_dgh + _head_major(rows, cols, 2, H, DH, 3), (b_dn * b_r).to(p_dgh.dtype.element_ty), mask=mask)
-    tl.store(p_dc + state, b_dh * b_z, mask=mask)
+    tl.store(p_dc + state, b_dh_direct, mask=mask)
 
 
 # Accumulator values per tile at 32 bits, per cell, and 64 rows at most, up to 128 hidden units wide: the plain
