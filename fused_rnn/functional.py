@@ -221,13 +221,8 @@ def sequence(
     num_rows = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
     widths = (hidden_out, hidden) if spec.has_cell_state else (hidden,)
     keep = zoneout_keep(probabilities, widths, num_rows, training, input)
-    # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
-    offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
-    needs_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    workload = Workload(
-        cell, batch, batch_sizes is not None, needs_backward, hidden, weight_hr is not None, keep is not None
-    )
-    chosen = resolve(backend, input.device, input.dtype, offsets_fit, workload)
+    needs_backward = _needs_backward(tensors)
+    chosen = _chosen(backend, cell, input, batch, batch_sizes, hidden, weight_hr, needs_backward, keep is not None)
     if chosen == "reference":
         return reference.sequence(cell, *tensors, batch_sizes, reverse, keep)
     if chosen == "torch":
@@ -267,12 +262,8 @@ def layers_on_torch_nn(
     weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights[0]
     hidden = weight_hh.shape[0] // spec.gates if weight_hh is not None else 0
     batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
-    grads = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, h0, c0, *(w for layer in weights for w in layer))
-    )
-    workload = Workload(cell, batch, batch_sizes is not None, grads, hidden, weight_hr is not None)
-    offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
-    if resolve(backend, input.device, input.dtype, offsets_fit, workload) != "torch":
+    grads = _needs_backward((input, h0, c0, *(w for layer in weights for w in layer)))
+    if _chosen(backend, cell, input, batch, batch_sizes, hidden, weight_hr, grads, False) != "torch":
         return None
     layer_input = input
     for index, layer_weights in enumerate(weights):
@@ -283,6 +274,19 @@ def layers_on_torch_nn(
     return torch_rnn.layers(
         cell, input, h0, c0, weights, batch_sizes, dropout if training else 0.0, training or grads, bidirectional
     )
+
+
+def _needs_backward(tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _chosen(backend, cell, input, batch, batch_sizes, hidden, weight_hr, needs_backward, zoned) -> str:
+    """The backend `resolve` picks for one direction of a layer of this shape (the same for every layer)."""
+    spec = CELLS[cell]
+    # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
+    offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
+    workload = Workload(cell, batch, batch_sizes is not None, needs_backward, hidden, weight_hr is not None, zoned)
+    return resolve(backend, input.device, input.dtype, offsets_fit, workload)
 
 
 def checked_zoneout(zoneout, cell: str) -> tuple[float, ...]:

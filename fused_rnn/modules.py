@@ -91,14 +91,16 @@ class _FusedRNNBase:
         # from an autocast op); like torch.nn, cast them first and check that they agree after.
         cast = _autocast_dtype(layout.x.device.type)
         x = _autocast(layout.x, cast)
-        h0, c0 = self._initial_state(hx, x, layout.batch, layout.unbatched, cast)
-        h0, *c0 = layout.sorted_states([h0] if c0 is None else [h0, c0])
+        states = layout.sorted_states(
+            [s for s in self._initial_state(hx, x, layout.batch, layout.unbatched, cast) if s is not None]
+        )
+        h0, c0 = states[0], states[1] if len(states) == 2 else None
 
         with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
-            output, *finals = self._run_layers(x, h0, c0[0] if c0 else None, layout.batch_sizes, cast)
+            output, h_n, c_n = self._run_layers(x, h0, c0, layout.batch_sizes, cast)
 
-        output, finals = layout.output(output, [f for f in finals if f is not None])
-        return output, tuple(finals) if len(finals) == 2 else finals[0]
+        output, finals = layout.output(output, [h_n] if c_n is None else [h_n, c_n])
+        return output, tuple(finals) if c_n is not None else finals[0]
 
     def _run_layers(self, x, h0, c0, batch_sizes, cast):
         directions = 2 if self.bidirectional else 1
