@@ -533,3 +533,9 @@ def test_triton_refuses_a_step_too_large_for_32_bit_offsets():
     weight_ih, weight_hh = torch.zeros(4 * hidden, 1), torch.zeros(8, 4 * 128, 128)
     with pytest.raises(ValueError, match="backend='triton' cannot run here: batch x hidden_size is too large"):
         functional.slstm(x, state, weight_ih, weight_hh, backend="triton")
+
+
+def test_forget_gate_is_refused_by_name_outside_the_slstm():
+    for layer in (fused_rnn.MultiHeadLSTM, fused_rnn.MultiHeadGRU):
+        with pytest.raises(ValueError, match="forget_gate is the sLSTM's"):
+            layer(3, 4, forget_gate="exp")
