@@ -230,9 +230,7 @@ def sequence(
 
     rows = input.reshape(-1, input.shape[-1])
     tensors = [t.contiguous() if t is not None else None for t in (rows, *tensors[1:])]
-    output, h_n, c_n, _, _ = autograd.sequence_forward(
-        cell, *tensors, batch_sizes, reverse, needs_backward, chosen, keep
-    )
+    output, h_n, c_n, _, _ = autograd.forward(cell, *tensors, batch_sizes, reverse, needs_backward, chosen, keep)
     return output.reshape(*input.shape[:-1], hidden_out), h_n, c_n if spec.has_cell_state else None
 
 

@@ -1,6 +1,7 @@
 """Working where a PyTorch user takes the layers: torch.compile, double backward, determinism,
 DDP, pickling, dtype moves and autocast."""
 
+import contextlib
 import copy
 import io
 import os
@@ -13,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_rnn
 from fused_rnn import functional
@@ -72,6 +74,39 @@ def test_no_graph_breaks(backend):
     explanation = torch._dynamo.explain(ThreeLayers(backend).to(device))(torch.randn(2, 5, 3, device=device))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+class OpNames(TorchDispatchMode):
+    """Records the name of every op dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+def test_dispatch_modes_see_the_registered_ops(requires_grad):
+    """Eager calls skip the registered ops' dispatch for speed (fused_rnn.autograd.forward); a dispatch mode (a
+    FLOP counter, fake tensors) must still see fused_rnn's ops, and get what eager mode gets."""
+    module = fused_rnn.LSTM(3, 5, num_layers=2, backend="triton").to(DEVICE)
+    x = torch.randn(4, 2, 3, device=DEVICE, requires_grad=requires_grad)
+    results = []
+    for mode in (contextlib.nullcontext(), OpNames()):
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        with mode:
+            output, (h_n, c_n) = module(x)
+            if requires_grad:
+                (output.sum() + h_n.sum()).backward()
+        results.append([output, h_n, c_n, *([x.grad, *(p.grad for p in module.parameters())] if requires_grad else [])])
+    assert "fused_rnn.sequence_forward" in mode.names
+    assert ("fused_rnn.sequence_backward" in mode.names) == requires_grad
+    for i, (eager, seen) in enumerate(zip(*results, strict=True)):
+        assert torch.equal(eager, seen), f"tensor {i} differs under the dispatch mode"
 
 
 @pytest.mark.parametrize("cell", CELLS)
