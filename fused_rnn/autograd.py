@@ -77,7 +77,20 @@ def sequence_forward(
         LSTM projection's input (both empty unless save).
     """
     return _run_forward(
-        cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save, backend, zoneout
+        cell,
+        input,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        weight_hr,
+        batch_sizes,
+        reverse,
+        save,
+        backend,
+        zoneout,
     )
 
 
