@@ -254,7 +254,7 @@ def layers_on_torch_nn(
         (output, h_n, c_n or None) shaped as torch.nn's, or None.
     """
     spec = CELLS[cell]
-    if any(checked_zoneout(zoneout, cell)):
+    if backend not in ("auto", "torch") or any(checked_zoneout(zoneout, cell)):
         return None
     batch_sizes = _batch_sizes(batch_sizes, input)
     weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights[0]

@@ -81,7 +81,13 @@ class _FusedRNNBase:
 
     def _layer_weights(self, layer: int, reverse: bool):
         suffix = f"_l{layer}{'_reverse' if reverse else ''}"
-        get = lambda name: getattr(self, f"{name}{suffix}", None)
+
+        def get(name):
+            # The parameter dict first: Module.__getattr__ is the slow way to it. What is not in it (a tensor that
+            # functional_call or a parametrization put in a parameter's place) is an attribute.
+            weight = self._parameters.get(name + suffix)
+            return weight if weight is not None else getattr(self, name + suffix, None)
+
         weight_hr = get("weight_hr") if self.proj_size > 0 else None
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), weight_hr
 
@@ -148,7 +154,9 @@ class _FusedRNNBase:
             x = torch.cat(outputs, -1) if directions == 2 else outputs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        return x, torch.stack(h_n), torch.stack(c_n) if c0 is not None else None
+        # One layer and direction: a view (as stack would copy) of its final states, which nothing else holds.
+        stack = (lambda states: states[0].unsqueeze(0)) if len(h_n) == 1 else torch.stack
+        return x, stack(h_n), stack(c_n) if c0 is not None else None
 
     def _initial_state(self, hx, x, batch, unbatched, cast):
         directions = 2 if self.bidirectional else 1

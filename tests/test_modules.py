@@ -537,3 +537,28 @@ def test_conversion_keeps_frozen_parameters_frozen():
     assert not fused.weight_ih_l0.requires_grad and fused.weight_hh_l0.requires_grad
     back = fused.to_torch()
     assert not back.weight_ih_l0.requires_grad and back.weight_hh_l0.requires_grad
+
+
+class Doubled(nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_parametrized_weights_are_used(backend):
+    """A parametrization (torch.nn.utils.parametrize: weight norm, orthogonal, ...) replaces a parameter with a
+    computed tensor; the layer runs on that tensor, as torch.nn's does."""
+    torch_module = nn.LSTM(3, 4, num_layers=2, dtype=torch.float64)
+    fused = fused_rnn.from_torch(torch_module, backend=backend)
+    nn.utils.parametrize.register_parametrization(fused, "weight_hh_l1", Doubled())
+    with torch.no_grad():
+        torch_module.weight_hh_l1.mul_(2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    expected_output, (expected_h, expected_c) = torch_module(x)
+    output, (h_n, c_n) = fused(x)
+    for name, expected, got in [
+        ("output", expected_output, output),
+        ("h_n", expected_h, h_n),
+        ("c_n", expected_c, c_n),
+    ]:
+        assert_close(name, expected, got, ATOL, RTOL)
