@@ -88,6 +88,21 @@ def test_matches_reference(cell, steps, batch, input_size, hidden, reverse, dtyp
     assert_match(run_both(cell, (x, h0, c0), weights, None, reverse), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(
+    "cell, hidden, proj",
+    [("lstm", 183, 0), ("lstm", 200, 190), ("gru", 211, 0), ("rnn_tanh", 365, 0), ("rnn_relu", 365, 0)],
+)
+def test_one_row_reads_large_weights_in_place(cell, hidden, proj, reverse, dtype):
+    """At B = 1 a forward whose W_hh holds 512 KiB or more reads it (and W_hr) in place, with dot products, instead
+    of packing it (recurrence.h, weights_in_place): these sizes cross that line in float32, with partial SIMD
+    blocks and a projection."""
+    weights = layer_weights(cell, 5, hidden, proj=proj, dtype=dtype)
+    x, h0, c0, _ = sequence_inputs(cell, 3, 1, 5, hidden, proj=proj, dtype=dtype)
+    assert_match(run_both(cell, (x, h0, c0), weights, None, reverse), dtype)
+
+
 @pytest.mark.parametrize("initial_state", [True, False], ids=["h0", "no-h0"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_without_bias(cell, initial_state):

@@ -160,6 +160,49 @@ inline void panel_product(int64_t rows, int64_t K, const T* panel, const RowOf& 
     tile_remainder<T, NV, R>(b, rows - b, K, panel, row_of, epilogue);
 }
 
+// x . y over K values, in SIMD lanes with four partial sums, added in a fixed order.
+template <typename T>
+inline T dot(const T* x, const T* y, int64_t K) {
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t U = Vec::size();
+    Vec sums[4] = {Vec(T(0)), Vec(T(0)), Vec(T(0)), Vec(T(0))};
+    int64_t k = 0;
+    for (; k + 4 * U <= K; k += 4 * U) {
+        for (int i = 0; i < 4; ++i) {
+            sums[i] = at::vec::fmadd(Vec::loadu(x + k + i * U), Vec::loadu(y + k + i * U), sums[i]);
+        }
+    }
+    for (; k + U <= K; k += U) sums[0] = at::vec::fmadd(Vec::loadu(x + k), Vec::loadu(y + k), sums[0]);
+    if (k < K) {  // the partial loads fill the lanes past K with zeros
+        const int left = static_cast<int>(K - k);
+        sums[1] = at::vec::fmadd(Vec::loadu(x + k, left), Vec::loadu(y + k, left), sums[1]);
+    }
+    return at::vec::vec_reduce_all<T>([](Vec a, Vec b) { return a + b; }, (sums[0] + sums[1]) + (sums[2] + sums[3]));
+}
+
+// For one row x (B = 1): acc[g] lane u = W[g * gate_rows + first + u] . x for u < count, W row-major with K
+// columns, read in place. One row cannot amortise packing W into panels: the copy would cost as much as a step
+// and a whole W_hh of memory (4 MiB per LSTM layer at H = 512).
+template <typename T, int G>
+inline void row_products(const T* weight, int64_t gate_rows, int64_t K, int64_t first, int count, const T* x,
+                         at::vec::Vectorized<T> (&acc)[G]) {
+    using Vec = at::vec::Vectorized<T>;
+    for (int g = 0; g < G; ++g) {
+        T sums[Vec::size()] = {};
+        for (int u = 0; u < count; ++u) sums[u] = dot(weight + (g * gate_rows + first + u) * K, x, K);
+        acc[g] = Vec::loadu(sums);
+    }
+}
+
+// Whether a forward reads W_hh (and W_hr) in place rather than from packed panels: one row of batch, and weights
+// too large for a core's L2 cache, so that every step streams them from memory either way. Smaller ones pack: the
+// panels' register tiles need no horizontal sums. (The backward packs always: read in place, its column blocks are
+// one cache line per row of W_hh, and its steps ran 2.5x slower at B = 1, H = 512.)
+template <typename T>
+bool weights_in_place(const SequenceShape& shape) {
+    return shape.batch == 1 && shape.gates * shape.hidden * shape.hidden_out * int64_t{sizeof(T)} >= (512 << 10);
+}
+
 template <CellKind C>
 constexpr int gate_count() {
     return C == CellKind::lstm ? 4 : C == CellKind::gru ? 3 : 1;
@@ -175,8 +218,9 @@ void forward(const SequenceShape& shape, const ForwardBuffers<T>& buf) {
     const int64_t B = shape.batch, H = shape.hidden, H_out = shape.hidden_out, SW = shape.saved_width;
     const int64_t unit_blocks = blocks_of(H, U), out_blocks = blocks_of(H_out, U);
     const int64_t steps = static_cast<int64_t>(shape.steps.size());
-    std::vector<T> hh_panels(unit_blocks * H_out * G * U);
-    std::vector<T> hr_panels(shape.projected ? out_blocks * H * U : 0);
+    const bool in_place = weights_in_place<T>(shape);
+    std::vector<T> hh_panels(in_place ? 0 : unit_blocks * H_out * G * U);
+    std::vector<T> hr_panels(shape.projected && !in_place ? out_blocks * H * U : 0);
     const bool parallel = B * G * H * H_out >= kParallelMinStepWork;
 
     // One parallel region per batch of steps whose input gates were computed together (the GEMM runs between).
@@ -189,10 +233,10 @@ void forward(const SequenceShape& shape, const ForwardBuffers<T>& buf) {
             const Range units = owned(unit_blocks, me, threads);
             const Range outs = owned(out_blocks, me, threads);
             // Each thread packs the panels it will read, so they sit in its own caches from the first step.
-            for (int64_t j = units.begin; first == 0 && j < units.end; ++j) {
+            for (int64_t j = units.begin; first == 0 && !in_place && j < units.end; ++j) {
                 pack_panel<T, U>(&hh_panels[j * H_out * G * U], buf.weight_hh, H_out, G, H, H, j, H_out, 1);
             }
-            for (int64_t j = outs.begin; first == 0 && shape.projected && j < outs.end; ++j) {
+            for (int64_t j = outs.begin; first == 0 && !in_place && shape.projected && j < outs.end; ++j) {
                 pack_panel<T, U>(&hr_panels[j * H * U], buf.weight_hr, H, 1, 0, H_out, j, H, 1);
             }
 
@@ -249,7 +293,13 @@ void forward(const SequenceShape& shape, const ForwardBuffers<T>& buf) {
                             h.store(h_dest(b) + u0, count);
                         }
                     };
-                    panel_product<T, G>(step.active, H_out, &hh_panels[j * H_out * G * U], h_prev, cell);
+                    if (in_place) {
+                        Vec acc[G];
+                        row_products<T, G>(buf.weight_hh, H, H_out, u0, count, h_prev(0), acc);
+                        cell(0, acc);
+                    } else {
+                        panel_product<T, G>(step.active, H_out, &hh_panels[j * H_out * G * U], h_prev, cell);
+                    }
                 }
                 barrier();  // h' of every unit is written before anyone reads it (next step or the projection)
                 if (shape.projected) {
@@ -259,6 +309,12 @@ void forward(const SequenceShape& shape, const ForwardBuffers<T>& buf) {
                         const auto store = [&](int64_t b, const Vec* acc) {
                             acc[0].store(buf.output + (step.offset + b) * H_out + p0, count);
                         };
+                        if (in_place) {
+                            Vec acc[1];
+                            row_products<T, 1>(buf.weight_hr, 0, H, p0, count, h_dest(0), acc);
+                            store(0, acc);
+                            continue;
+                        }
                         const auto projected_row = [&](int64_t b) -> const T* { return h_dest(b); };
                         panel_product<T, 1>(step.active, H, &hr_panels[j * H * U], projected_row, store);
                     }
@@ -362,7 +418,8 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                         return buf.grad_projected + (step.offset + b) * H_out;
                     };
                     const auto from_product = [&](int64_t b, const Vec* acc) { cell(b, acc[0]); };
-                    panel_product<T, 1>(step.active, H_out, &hr_panels[j * H_out * U], projected_row, from_product);
+                    panel_product<T, 1>(step.active, H_out, &hr_panels[j * H_out * U],
+                                        projected_row, from_product);
                 } else {
                     for (int64_t b = 0; b < step.active; ++b) {
                         cell(b, Vec::loadu(buf.grad_h + b * H_out + u0, count) +
@@ -383,7 +440,8 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                     const Vec total = C == CellKind::gru ? acc[0] + Vec::loadu(dh, count) : acc[0];
                     total.store(dh, count);
                 };
-                panel_product<T, 1>(step.active, G * H, &hh_panels[j * G * H * U], gate_row, store);
+                panel_product<T, 1>(step.active, G * H, &hh_panels[j * G * H * U],
+                                    gate_row, store);
             }
             // No barrier here: the next step first reads only the blocks of dh this thread just wrote, and writes
             // rows of the gate gradients other than those the product above reads.
