@@ -287,7 +287,8 @@ def run_sanitizer(outdir: Path, dry_run: bool, time_limit_s: float) -> Outcome:
 
 
 def sanitized_workload(dry_run: bool) -> int:
-    """A small forward+backward (packed, bidirectional, 2 layers) per cell on each backend with its own kernels."""
+    """A small forward+backward (packed, bidirectional, 2 layers) per cell, and of IndRNN, on each backend with its
+    own kernels."""
     import torch
     from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -319,10 +320,38 @@ def sanitized_workload(dry_run: bool) -> int:
                 print(f"workload: {backend} {cell}: non-finite gradient")
                 return 1
             print(f"{backend} {cell}: forward+backward ok", flush=True)
+    indrnn_backends = []
+    for backend in backends:  # IndRNN's whole-sequence kernels, where the backend has them
+        if not _indrnn_runs_on(backend, device):
+            continue
+        layer = fused_rnn.IndRNN(8, 33, num_layers=2, bidirectional=True, backend=backend, device=device)
+        x = torch.randn(5, 3, 8, device=device, requires_grad=True)
+        output, _ = layer(pack_padded_sequence(x, [5, 4, 2]))
+        output.data.square().sum().backward()
+        if not all(torch.isfinite(p.grad).all() for p in [x, *layer.parameters()]):
+            print(f"workload: {backend} indrnn: non-finite gradient")
+            return 1
+        indrnn_backends.append(backend)
+        print(f"{backend} indrnn: forward+backward ok", flush=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    print(f"workload: {', '.join(backends)} x {', '.join(SANITIZED_CELLS)} forward+backward on {device}")
+    print(
+        f"workload: {', '.join(backends)} x {', '.join(SANITIZED_CELLS)}, and IndRNN on "
+        f"{', '.join(indrnn_backends) or 'none'}, forward+backward on {device}"
+    )
     return 0
+
+
+def _indrnn_runs_on(backend: str, device) -> bool:
+    import torch
+
+    from fused_rnn.indrnn import functional
+
+    try:
+        functional.chosen_backend(backend, device, torch.float32)
+    except ValueError:  # not one of IndRNN's backends, or it cannot run here
+        return False
+    return True
 
 
 def _sanitized_shape(cell: str):

@@ -1,21 +1,31 @@
 """IndRNN: the Triton kernel (interpreter on CPU), the compiled C++ kernel and the torch loop against the reference,
 and the reference and the modules against plain loops written here; gradcheck, double backward, torch.compile, low
-precision, errors."""
+precision, errors. The compiled CUDA kernel: its lane bodies run on the host against the reference (where the
+extension was built with CUDA), and with a GPU (tests marked `gpu`) backend="cuda" in every test the other fused
+backends run."""
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
-from fused_rnn.indrnn import functional
+from fused_rnn.backends import native
+from fused_rnn.indrnn import functional, reference
 
 from checks import DEVICE, TOLERANCE, assert_close, assert_within_twice_torch_error, gradients
 from layers import packed_batch_sizes
 
 NAMES = ["input", "h0", "weight_ih", "weight_hh", "bias_ih"]
-# The compiled kernel ("cpu") runs CPU tensors in float32/float64; the others any device and dtype.
-FUSED = ["triton", "torch", *(["cpu"] if DEVICE.type == "cpu" else [])]
-ANY_DTYPE = ["triton", "torch"]
+# The compiled CPU kernel ("cpu") runs CPU tensors in float32/float64, the compiled CUDA kernel ("cuda") CUDA tensors;
+# the others any device and dtype.
+CUDA = pytest.param("cuda", marks=pytest.mark.gpu)
+FUSED = ["triton", "torch", *(["cpu"] if DEVICE.type == "cpu" else []), CUDA]
+ANY_DTYPE = ["triton", "torch", CUDA]
+ON_CPU = pytest.mark.skipif(DEVICE.type != "cpu", reason="the compiled CPU kernel runs CPU tensors")
+WITH_CUDA_KERNELS = pytest.mark.skipif(
+    native.unavailable() is not None or not native.built_with_cuda(),
+    reason=f"the compiled extension has no CUDA kernels: {native.unavailable() or native.cuda_unbuildable()}",
+)
 SHAPES = [  # T, B, I, H
     pytest.param(1, 1, 1, 1, id="T1-B1-I1-H1"),
     pytest.param(1, 3, 5, 7, id="T1-B3-I5-H7"),
@@ -98,19 +108,111 @@ def test_packed(backend, lengths, reverse):
     )
 
 
-@pytest.mark.skipif(DEVICE.type != "cpu", reason="the compiled kernel runs CPU tensors")
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_cpu_kernel_splits_lanes_across_threads_and_stays_exact(reverse):
-    """Enough (row, unit block) lanes per step that the compiled kernel hands them to several threads (packed,
-    ragged, so rows leave and join), against the reference in float64."""
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=ON_CPU), CUDA])
+def test_compiled_kernels_over_many_lanes_stay_exact(backend, reverse):
+    """Enough lanes per step that the CPU kernel hands them to several threads and the CUDA kernel to many blocks
+    (packed, ragged, so rows leave and join), against the reference in float64."""
     lengths = [4] * 100 + [3] * 50 + [1] * 10
     tensors = leaves(None, len(lengths), 3, 1100, rows=sum(lengths))
     batch_sizes = packed_batch_sizes(lengths)
     assert_match(
         outputs_and_gradients("reference", tensors, "tanh", batch_sizes, reverse),
-        outputs_and_gradients("cpu", tensors, "tanh", batch_sizes, reverse),
+        outputs_and_gradients(backend, tensors, "tanh", batch_sizes, reverse),
         torch.float64,
     )
+
+
+def cuda_lane_bodies(projection, h0, u, batch_sizes, reverse, nonlinearity, grad_output, grad_h_n):
+    """The CUDA kernels' lane bodies run on the host (csrc/cuda/indrnn.cu): output, h_n, and the gradients of the
+    pre-activation, h0 and u."""
+    ops, relu = native.ops(), nonlinearity == "relu"
+    output, h_n = ops.indrnn_recurrence_forward_lane_loop(projection, u, h0, batch_sizes, reverse, relu)
+    grads = ops.indrnn_recurrence_backward_lane_loop(grad_output, grad_h_n, output, h0, u, batch_sizes, reverse, relu)
+    return [output, h_n, *grads]
+
+
+def reference_of_the_recurrence(projection, h0, u, batch_sizes, reverse, nonlinearity, grad_output, grad_h_n):
+    """What cuda_lane_bodies returns, from the reference with W = I and no bias (so that x W^T is exactly the
+    projection) and autograd."""
+    projection, h0, u = (t.detach().requires_grad_() for t in (projection, h0, u))
+    identity = torch.eye(projection.shape[1], dtype=projection.dtype)
+    output, h_n = reference.sequence(projection, h0, identity, u, None, batch_sizes, reverse, nonlinearity)
+    grads = torch.autograd.grad([output, h_n], [projection, h0, u], [grad_output, grad_h_n])
+    return [output.detach(), h_n.detach(), *grads]
+
+
+def recurrence_inputs(rows, batch, hidden, dtype=torch.float64):
+    """projection (rows, H), h0 (B, H), u in (-1.2, 1.2) (signs flip, states grow), grad_output, grad_h_n."""
+    make = lambda *shape: torch.randn(shape, dtype=torch.float64)
+    tensors = [make(rows, hidden), make(batch, hidden), torch.rand(hidden, dtype=torch.float64) * 2.4 - 1.2]
+    return [t.to(dtype) for t in (*tensors, make(rows, hidden), make(batch, hidden))]
+
+
+RECURRENCE_NAMES = ["output", "h_n", "grad projection", "grad h0", "grad weight_hh"]
+LANE_CASES = [  # T (None: packed), B, H, packed lengths
+    *(pytest.param(t, b, h, None, id=f"T{t}-B{b}-H{h}") for t, b, h in [(1, 1, 1), (1, 3, 7), (6, 1, 33), (4, 5, 130)]),
+    pytest.param(None, 4, 7, [5, 3, 3, 1], id="packed-5-3-3-1-H7"),
+    pytest.param(None, 5, 9, [6, 5, 4, 2, 1], id="packed-6-5-4-2-1-H9"),
+]
+
+
+@WITH_CUDA_KERNELS
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+@pytest.mark.parametrize("steps, batch, hidden, lengths", LANE_CASES)
+def test_cuda_lane_bodies_on_the_host_match_the_reference(steps, batch, hidden, lengths, nonlinearity, reverse):
+    """The CUDA kernels' code (step table, per-lane walk, h0 where a packed row starts, du per lane then summed over
+    rows) run on the host in float64, forward and backward, against the reference."""
+    batch_sizes = packed_batch_sizes(lengths) if lengths else None
+    inputs = recurrence_inputs(sum(lengths) if lengths else steps * batch, batch, hidden)
+    expected = reference_of_the_recurrence(*inputs[:3], batch_sizes, reverse, nonlinearity, *inputs[3:])
+    got = cuda_lane_bodies(*inputs[:3], batch_sizes, reverse, nonlinearity, *inputs[3:])
+    atol, rtol = TOLERANCE[torch.float64]
+    for name, e, g in zip(RECURRENCE_NAMES, expected, got, strict=True):
+        assert g.dtype == torch.float64, name
+        assert_close(name, e, g, atol, rtol)
+
+
+@WITH_CUDA_KERNELS
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("packed, reverse", [(False, False), (True, True)], ids=["padded-forward", "packed-reverse"])
+def test_cuda_lane_bodies_low_precision_within_twice_torch_error(dtype, packed, reverse):
+    """fp16/bf16 storage, fp32 math and carried state: against the float64 reference of the same rounded inputs, our
+    error is at most twice the reference's own in that dtype."""
+    lengths = [8, 6, 6, 3] if packed else None
+    batch_sizes = packed_batch_sizes(lengths) if packed else None
+    low = recurrence_inputs(sum(lengths) if packed else 8 * 4, 4, 40, dtype)
+    exact = reference_of_the_recurrence(
+        *(t.double() for t in low[:3]), batch_sizes, reverse, "relu", *(t.double() for t in low[3:])
+    )
+    theirs = reference_of_the_recurrence(*low[:3], batch_sizes, reverse, "relu", *low[3:])
+    ours = cuda_lane_bodies(*low[:3], batch_sizes, reverse, "relu", *low[3:])
+    for name, e, t, o in zip(RECURRENCE_NAMES, exact, theirs, ours, strict=True):
+        assert o.dtype == dtype, name
+        assert_within_twice_torch_error(name, e, o, t, floor=1e-3 * e.abs().max().item())
+
+
+@WITH_CUDA_KERNELS
+def test_cuda_lane_bodies_carry_the_state_and_its_gradients_in_float32():
+    """bfloat16 storage. Unit 0 (u = 1): h grows by 1e-3 per step from 1, which a bfloat16 state (spacing 2**-7 at 1)
+    would never do, and du sums 64 values near 1, of which a bfloat16 running sum would drop the fractions. Unit 1
+    (u = 1 - 2**-8, exact in bfloat16): the gradient reaching h0 is u**64 = 0.779, which a bfloat16 carry would
+    round to 0.75."""
+    steps = 64
+    projection = torch.full((steps, 2), 1e-3, dtype=torch.bfloat16)
+    h0 = torch.ones(1, 2, dtype=torch.bfloat16)
+    u = torch.tensor([1, 1 - 2**-8], dtype=torch.bfloat16)
+    grad_output = torch.zeros(steps, 2, dtype=torch.bfloat16)
+    grad_h_n = torch.ones(1, 2, dtype=torch.bfloat16)
+    low = [projection, h0, u, grad_output, grad_h_n]
+    ours = cuda_lane_bodies(*low[:3], None, False, "relu", *low[3:])
+    exact = reference_of_the_recurrence(
+        *(t.double() for t in low[:3]), None, False, "relu", *(t.double() for t in low[3:])
+    )
+    for name, e, o in zip(RECURRENCE_NAMES, exact, ours, strict=True):
+        if name in ("h_n", "grad h0", "grad weight_hh"):
+            assert_close(name, e, o, atol=0, rtol=2**-8)
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -126,12 +228,13 @@ def test_without_bias_and_without_h0(backend):
 
 @pytest.mark.parametrize("packed, reverse", [(False, False), (True, True)], ids=["padded-forward", "packed-reverse"])
 @pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
-def test_triton_gradcheck(nonlinearity, packed, reverse):
+@pytest.mark.parametrize("backend", ["triton", CUDA])
+def test_gradcheck(backend, nonlinearity, packed, reverse):
     lengths = [3, 2, 1]
     batch_sizes = packed_batch_sizes(lengths) if packed else None
     tensors = leaves(3, 3, 2, 3, rows=sum(lengths) if packed else None)
     run = lambda *t: functional.indrnn(
-        *t, nonlinearity=nonlinearity, batch_sizes=batch_sizes, reverse=reverse, backend="triton"
+        *t, nonlinearity=nonlinearity, batch_sizes=batch_sizes, reverse=reverse, backend=backend
     )
     assert torch.autograd.gradcheck(run, tensors)
 
@@ -172,10 +275,8 @@ def test_low_precision_carries_the_state_in_float32(backend):
     assert_close("h_n", torch.full_like(h_n, exact.item(), dtype=torch.float64), h_n, atol=0, rtol=2**-8)
 
 
-@pytest.mark.parametrize("backend", ["triton", "cpu"])
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cpu", marks=ON_CPU), CUDA])
 def test_fused_kernels_are_deterministic(backend):
-    if backend == "cpu" and DEVICE.type != "cpu":
-        pytest.skip("the compiled kernel runs CPU tensors")
     tensors = leaves(5, 6, 4, 9) if backend == "triton" else leaves(7, 9, 4, 300, dtype=torch.float32)
     first, second = (outputs_and_gradients(backend, tensors, "relu") for _ in range(2))
     for a, b in zip([*first[0], *first[1]], [*second[0], *second[1]]):
@@ -202,7 +303,7 @@ def per_sequence_oracle(layer, padded, lengths, h0):
     return outputs, torch.cat(finals, 1)
 
 
-@pytest.mark.parametrize("backend", ["triton", "cpu", "torch", "reference"])
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cpu", marks=ON_CPU), "torch", "reference", CUDA])
 def test_module_bidirectional_two_layers_on_unsorted_packed_input(backend):
     lengths = [3, 5, 1, 4]
     layer = fused_rnn.IndRNN(3, 4, num_layers=2, bidirectional=True, nonlinearity="tanh", backend=backend)
@@ -268,6 +369,16 @@ def test_auto_on_cpu_runs_the_compiled_kernel_or_the_torch_loop_never_the_interp
     assert functional.chosen_backend("auto", torch.device("cpu"), torch.bfloat16) == "torch"
 
 
+def test_auto_on_cuda_keeps_triton_until_the_cuda_kernel_is_measured():
+    assert functional.chosen_backend("auto", torch.device("cuda"), torch.float32) != "cuda"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is visible")
+def test_cuda_backend_refuses_to_run_without_a_gpu_by_name():
+    with pytest.raises(ValueError, match="backend='cuda' cannot run here"):
+        functional.indrnn(*(t.detach() for t in leaves(2, 1, 3, 4)), backend="cuda")
+
+
 def test_cpu_backend_refuses_what_it_cannot_run_by_name():
     with pytest.raises(ValueError, match="backend='cpu'.*dtype torch.bfloat16"):
         functional.chosen_backend("cpu", torch.device("cpu"), torch.bfloat16)
@@ -275,7 +386,7 @@ def test_cpu_backend_refuses_what_it_cannot_run_by_name():
         functional.chosen_backend("cpu", torch.device("meta"), torch.float32)
 
 
-@pytest.mark.parametrize("backend", ["triton", "auto"])
+@pytest.mark.parametrize("backend", ["triton", "auto", CUDA])
 def test_compile_fullgraph_matches_eager_without_graph_breaks(backend):
     torch._dynamo.reset()
     layer = fused_rnn.IndRNN(3, 5, num_layers=2, backend=backend).double().to(DEVICE)
@@ -312,7 +423,7 @@ def test_bad_input_is_rejected_with_named_errors():
         (ValueError, "input must be 3-D", {"input": x[0]}),
         (TypeError, "floating-point", {"input": x.long()}),
         (ValueError, "nonlinearity must be", {"nonlinearity": "gelu"}),
-        (ValueError, "backend must be one of", {"backend": "cuda"}),
+        (ValueError, "backend must be one of", {"backend": "persistent"}),
         (ValueError, "batch_sizes must be positive and non-increasing", {"input": x[0], "batch_sizes": [1, 2]}),
         (ValueError, "batch_sizes sum to", {"input": x[0], "batch_sizes": [2, 2]}),
     ]

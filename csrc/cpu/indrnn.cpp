@@ -4,7 +4,10 @@
 // own contiguous range of lanes, with no barrier and no atomics. Per step a thread reads and writes contiguous
 // memory once; the pointwise math is the Elman RNN's (rnn_forward / rnn_backward of csrc/cell_math.h).
 // Ops: fused_rnn_native::indrnn_recurrence_forward / indrnn_recurrence_backward, the same contract as
-// fused_rnn/indrnn/torch_loop.py's recurrence_forward / recurrence_backward (float32 and float64).
+// fused_rnn/indrnn/torch_loop.py's recurrence_forward / recurrence_backward (float32 and float64 on CPU). Builds with
+// the CUDA kernels (FUSED_RNN_WITH_CUDA) register the same ops for CUDA tensors, which csrc/cuda/indrnn.cu runs
+// (float16 and bfloat16 too), and the ops indrnn_recurrence_*_lane_loop, which run that file's lane bodies on CPU
+// tensors for the CPU tests of the CUDA path.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -15,12 +18,17 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <initializer_list>
+#include <string>
 #include <tuple>
 #include <vector>
 
 #include "../cell_math.h"
 #include "../sequence.h"
 #include "vectorized_activations.h"
+#ifdef FUSED_RNN_WITH_CUDA
+#include "../cuda/indrnn.h"
+#endif
 
 namespace fused_rnn {
 namespace {
@@ -61,15 +69,31 @@ void for_each_lane_step(const Lanes& lanes, const std::vector<Step>& steps, bool
     });
 }
 
+// Every tensor of an op has the first one's dtype and device.
+void check_alike(const char* op, std::initializer_list<const Tensor*> tensors) {
+    const Tensor& first = **tensors.begin();
+    for (const Tensor* t : tensors) {
+        TORCH_CHECK(t->scalar_type() == first.scalar_type() && t->device() == first.device(), op,
+                    " takes tensors of one dtype on one device");
+    }
+}
+
+// LaneLoop: run the CUDA path's lane bodies on CPU tensors too (the op indrnn_recurrence_forward_lane_loop, for the
+// CPU tests of that path); CUDA tensors always take it.
+template <bool LaneLoop>
 std::tuple<Tensor, Tensor> indrnn_recurrence_forward(const Tensor& projection, const Tensor& weight_hh,
                                                      const Tensor& h0, at::OptionalIntArrayRef batch_sizes,
                                                      bool reverse, bool relu) {
     TORCH_CHECK(projection.is_contiguous() && weight_hh.is_contiguous() && h0.is_contiguous(),
                 "indrnn_recurrence_forward takes contiguous tensors");
+    check_alike("indrnn_recurrence_forward", {&projection, &weight_hh, &h0});
     TORCH_CHECK(projection.dim() == 2 && h0.dim() == 2 && projection.size(1) == h0.size(1) &&
                     weight_hh.numel() == h0.size(1),
                 "projection (N, H), weight_hh (H,) and h0 (B, H) disagree");
     const auto steps = time_steps(projection.size(0), h0.size(0), batch_sizes, reverse);
+#ifdef FUSED_RNN_WITH_CUDA
+    if (LaneLoop || projection.is_cuda()) return indrnn_forward_lanes(projection, weight_hh, h0, steps, relu);
+#endif
     Tensor output = at::empty_like(projection);
     Tensor h_n = at::empty_like(h0);
     AT_DISPATCH_FLOATING_TYPES(projection.scalar_type(), "fused_rnn indrnn_recurrence_forward", [&] {
@@ -92,6 +116,7 @@ std::tuple<Tensor, Tensor> indrnn_recurrence_forward(const Tensor& projection, c
     return {output, h_n};
 }
 
+template <bool LaneLoop>
 std::tuple<Tensor, Tensor, Tensor> indrnn_recurrence_backward(const Tensor& grad_output, const Tensor& grad_h_n,
                                                               const Tensor& output, const Tensor& h0,
                                                               const Tensor& weight_hh,
@@ -100,10 +125,16 @@ std::tuple<Tensor, Tensor, Tensor> indrnn_recurrence_backward(const Tensor& grad
     TORCH_CHECK(grad_output.is_contiguous() && grad_h_n.is_contiguous() && output.is_contiguous() &&
                     h0.is_contiguous() && weight_hh.is_contiguous(),
                 "indrnn_recurrence_backward takes contiguous tensors");
+    check_alike("indrnn_recurrence_backward", {&grad_output, &grad_h_n, &output, &h0, &weight_hh});
     TORCH_CHECK(grad_output.sizes() == output.sizes() && grad_h_n.sizes() == h0.sizes() &&
                     output.size(1) == h0.size(1) && weight_hh.numel() == h0.size(1),
                 "grad_output, grad_h_n, output, h0 and weight_hh disagree");
     const auto steps = time_steps(output.size(0), h0.size(0), batch_sizes, reverse);
+#ifdef FUSED_RNN_WITH_CUDA
+    if (LaneLoop || output.is_cuda()) {
+        return indrnn_backward_lanes(grad_output, grad_h_n, output, h0, weight_hh, steps, relu);
+    }
+#endif
     Tensor grad_pre = at::empty_like(output);
     Tensor grad_h = grad_h_n.clone();  // carried in place: the gradient of h_n on entry, of h0 on exit
     // Each lane's sum over its steps; the sum over rows is one reduction after, in a fixed order.
@@ -132,14 +163,35 @@ std::tuple<Tensor, Tensor, Tensor> indrnn_recurrence_backward(const Tensor& grad
 }  // namespace
 }  // namespace fused_rnn
 
+namespace {
+constexpr const char* kForwardSignature =
+    "(Tensor projection, Tensor weight_hh, Tensor h0, int[]? batch_sizes, bool reverse, bool relu) -> (Tensor, Tensor)";
+constexpr const char* kBackwardSignature =
+    "(Tensor grad_output, Tensor grad_h_n, Tensor output, Tensor h0, Tensor weight_hh, int[]? batch_sizes, "
+    "bool reverse, bool relu) -> (Tensor, Tensor, Tensor)";
+}  // namespace
+
 TORCH_LIBRARY_FRAGMENT(fused_rnn_native, m) {
-    m.def("indrnn_recurrence_forward(Tensor projection, Tensor weight_hh, Tensor h0, int[]? batch_sizes, "
-          "bool reverse, bool relu) -> (Tensor, Tensor)");
-    m.def("indrnn_recurrence_backward(Tensor grad_output, Tensor grad_h_n, Tensor output, Tensor h0, "
-          "Tensor weight_hh, int[]? batch_sizes, bool reverse, bool relu) -> (Tensor, Tensor, Tensor)");
+    m.def((std::string("indrnn_recurrence_forward") + kForwardSignature).c_str());
+    m.def((std::string("indrnn_recurrence_backward") + kBackwardSignature).c_str());
+#ifdef FUSED_RNN_WITH_CUDA
+    m.def((std::string("indrnn_recurrence_forward_lane_loop") + kForwardSignature).c_str());
+    m.def((std::string("indrnn_recurrence_backward_lane_loop") + kBackwardSignature).c_str());
+#endif
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn_native, CPU, m) {
-    m.impl("indrnn_recurrence_forward", &fused_rnn::indrnn_recurrence_forward);
-    m.impl("indrnn_recurrence_backward", &fused_rnn::indrnn_recurrence_backward);
+    m.impl("indrnn_recurrence_forward", &fused_rnn::indrnn_recurrence_forward<false>);
+    m.impl("indrnn_recurrence_backward", &fused_rnn::indrnn_recurrence_backward<false>);
+#ifdef FUSED_RNN_WITH_CUDA
+    m.impl("indrnn_recurrence_forward_lane_loop", &fused_rnn::indrnn_recurrence_forward<true>);
+    m.impl("indrnn_recurrence_backward_lane_loop", &fused_rnn::indrnn_recurrence_backward<true>);
+#endif
 }
+
+#ifdef FUSED_RNN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fused_rnn_native, CUDA, m) {
+    m.impl("indrnn_recurrence_forward", &fused_rnn::indrnn_recurrence_forward<false>);
+    m.impl("indrnn_recurrence_backward", &fused_rnn::indrnn_recurrence_backward<false>);
+}
+#endif

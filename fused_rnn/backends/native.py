@@ -26,6 +26,7 @@ SOURCES = (
 )
 CUDA_SOURCES = (
     "cuda/recurrence.cu",
+    "cuda/indrnn.cu",
     "persistent/forward.cu",
     "persistent/backward.cu",
     "persistent/binding.cpp",

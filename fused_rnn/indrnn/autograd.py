@@ -1,8 +1,8 @@
 """IndRNN's fused sequence as registered torch.library ops, with their autograd formula.
 
 `fused_rnn::indrnn_forward` runs one direction of one layer: the input projection of all steps as one GEMM, then
-the whole recurrence, as one Triton kernel (kernel="triton"), one compiled C++ parallel region (kernel="cpu") or
-a loop of in-place torch ops (kernel="torch").
+the whole recurrence, as one Triton kernel (kernel="triton"), one compiled CUDA kernel (kernel="cuda"), one compiled
+C++ parallel region (kernel="cpu") or a loop of in-place torch ops (kernel="torch").
 `fused_rnn::indrnn_backward` runs the reverse walk, which yields the pre-activation gradient of every
 row and du, then dW, db and dx as single GEMMs/reductions. Fake implementations let torch.compile trace them with
 no graph break. When the backward must itself be differentiable (create_graph=True), it recomputes through the
@@ -17,12 +17,12 @@ from fused_rnn.indrnn import reference
 
 
 def _recurrence(kernel: str):
-    """The module with recurrence_forward/recurrence_backward for `kernel`, "triton", "cpu" or "torch"."""
+    """The module with recurrence_forward/recurrence_backward for `kernel`, "triton", "cuda", "cpu" or "torch"."""
     if kernel == "torch":
         from fused_rnn.indrnn import torch_loop
 
         return torch_loop
-    if kernel == "cpu":
+    if kernel in ("cpu", "cuda"):  # the compiled ops, which dispatch on the tensors' device
         from fused_rnn.indrnn import compiled
 
         return compiled
@@ -78,7 +78,7 @@ def indrnn_forward(
         bias_ih: (H,) or None. All contiguous.
         batch_sizes: active rows per step for packed input, None for N = T * B padded rows.
         reverse: run from the last step to the first. nonlinearity: "relu" or "tanh".
-        kernel: what runs the recurrence, "triton", "cpu" or "torch".
+        kernel: what runs the recurrence, "triton", "cuda", "cpu" or "torch".
 
     Returns:
         output (N, H) and h_n (B, H).

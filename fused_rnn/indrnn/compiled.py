@@ -1,8 +1,10 @@
-"""IndRNN's recurrence as compiled C++ (csrc/cpu/indrnn.cpp): the "cpu" backend of the fused op.
+"""IndRNN's recurrence as compiled kernels: the "cpu" and "cuda" backends of the fused op.
 
 Same contract as fused_rnn.indrnn.torch_loop, so the custom op, its fake implementation and its autograd serve
-all three recurrences. The kernel runs the whole sequence in one parallel region, each thread owning (row, block
-of units) lanes for every step: IndRNN's units are independent, so no barrier is needed. float32 and float64.
+every recurrence. The ops dispatch on the tensors' device. On CPU (csrc/cpu/indrnn.cpp, float32 and float64) the
+whole sequence is one parallel region, each thread owning (row, block of units) lanes for every step: IndRNN's
+units are independent, so no barrier is needed. On CUDA (csrc/cuda/indrnn.cu, also float16 and bfloat16) it is one
+kernel, one thread per (row, unit) lane walking every step.
 """
 
 from fused_rnn.backends import native

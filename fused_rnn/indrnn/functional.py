@@ -12,7 +12,7 @@ from fused_rnn.modules import _autocast, _autocast_dtype
 
 Tensor = torch.Tensor
 
-BACKENDS = ("auto", "triton", "cpu", "torch", "reference")
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch", "reference")
 
 
 def checked_backend(backend: str) -> str:
@@ -36,6 +36,8 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, state
     fits = state_elements < 2**31
     if checked_backend(backend) == "triton":
         return resolve("triton", device, dtype, fits)  # raises, naming what is missing, when Triton cannot run here
+    if backend == "cuda":
+        return resolve("cuda", device, dtype)  # raises, naming what is missing, when the CUDA kernels cannot run here
     if backend == "cpu":
         reason = native_cpu_unavailable(device, dtype)
         if reason is not None:
@@ -43,7 +45,7 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, state
         return backend
     if backend != "auto":
         return backend
-    if device.type == "cuda":
+    if device.type == "cuda":  # "cuda" waits for GPU measurements of it
         try:
             return resolve("triton", device, dtype, fits)
         except ValueError:  # e.g. triton not installed, an unsupported dtype, a batch too large
@@ -76,7 +78,8 @@ def indrnn(
         nonlinearity: "relu" (the paper's choice) or "tanh".
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
         reverse: run from the last time step to the first (the backward direction of a bidirectional layer).
-        backend: "auto", "triton" (the recurrence as one Triton kernel), "cpu" (as one compiled C++ parallel region,
+        backend: "auto", "triton" (the recurrence as one Triton kernel; CUDA's "auto"), "cuda" (as one compiled
+            CUDA kernel, one thread per (row, unit), CUDA tensors), "cpu" (as one compiled C++ parallel region,
             float32/float64 CPU tensors; CPU's "auto"), "torch" (the same op with the recurrence as a loop of
             in-place torch ops; CPU's "auto" for float16/bfloat16) or "reference" (step by step, autograd's
             backward).

@@ -39,7 +39,7 @@ class IndRNN(nn.Module):
     Args:
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional: as torch.nn.RNN.
         nonlinearity: "relu" (the paper's) or "tanh".
-        backend: "auto", "triton", "cpu", "torch" or "reference" (see fused_rnn.indrnn.functional.indrnn).
+        backend: "auto", "triton", "cuda", "cpu", "torch" or "reference" (see fused_rnn.indrnn.functional.indrnn).
 
     Parameters per layer k (and `_reverse` for the second direction): weight_ih_l{k} (hidden_size, input size of
     the layer), weight_hh_l{k} (hidden_size,), the elementwise recurrent weight u, and bias_ih_l{k} (hidden_size,).
