@@ -11,7 +11,7 @@ from fused_rnn.backends import available_backends
 from fused_rnn.indrnn.modules import IndRNN, IndRNNCell
 from fused_rnn.layernorm.modules import LayerNormGRU, LayerNormGRUCell, LayerNormLSTM, LayerNormLSTMCell
 from fused_rnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch, to_torch
-from fused_rnn.multihead.modules import MultiHeadGRU, MultiHeadLSTM, sLSTM
+from fused_rnn.multihead.modules import MultiHeadGRU, MultiHeadLSTM, sLSTM, sLSTMCell
 from fused_rnn.regularizers import LockedDropout, WeightDrop
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "functional",
     "reference",
     "sLSTM",
+    "sLSTMCell",
     "to_torch",
     "WeightDrop",
 ]

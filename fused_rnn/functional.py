@@ -43,7 +43,8 @@ def lstm(
         backend: "auto", "triton", "cuda", "persistent", "cpu", "torch" or "reference" (see
             fused_rnn.available_backends()).
         zoneout: probability that a unit keeps its previous value at a step (Krueger et al. 2016), for h and c
-            alike, or (p_hidden, p_cell); in [0, 1). Runs on "triton" (without weight_hr), "reference" and "auto".
+            alike, or (p_hidden, p_cell); in [0, 1). With weight_hr, h is zoned after the projection (P units). Runs on
+            "triton", "reference" and "auto".
         training: zoneout draws Bernoulli masks (True) or uses their expectation (False), as F.dropout's.
 
     Returns:

@@ -40,11 +40,13 @@ ZONEOUT_DOC = """
     row, unit): s_t = d * s_{t-1} + (1 - d) * s~_t with d ~ Bernoulli(p), s~_t the cell's usual update; in eval mode
     the expectation, s_t = p * s_{t-1} + (1 - p) * s~_t. The output at step t is the zoned h_t. The LSTM zones h and
     c, with `zoneout=p` for both or `zoneout=(p_hidden, p_cell)` (Krueger et al. use different rates, e.g. 0.05 for
-    h and 0.5 for c); its h~_t = o * tanh(c~_t) is computed from the unzoned c~_t, as in the paper. The masks are
+    h and 0.5 for c); its h~_t = o * tanh(c~_t) is computed from the unzoned c~_t, as in the paper, and with proj_size
+    h~_t is the projected one, so h's masks have proj_size units. The masks are
     drawn once per forward call for all steps, one torch.bernoulli per layer and direction on the input's device
     from torch's default generator (torch.manual_seed reproduces them; torch.compile's inductor may draw its own
     random numbers; torch._inductor.config.fallback_random = True keeps eager's); packed input gets one mask row per
-    packed row. Runs on backend "triton" (the kernels read the masks; LSTM without proj_size) and "reference";
+    packed row. Runs on backend "triton" (the kernels read the masks; with proj_size h is zoned after the W_hr GEMM,
+    which runs outside the kernels) and "reference";
     "auto" picks Triton on CUDA and the reference on CPU; the other backends refuse it. zoneout=0 (the default)
     runs exactly what the layer runs without it.
 

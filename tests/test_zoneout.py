@@ -48,21 +48,30 @@ def probabilities(cell, zoneout):
     return tuple(zoneout) if isinstance(zoneout, tuple) else (zoneout, zoneout)
 
 
-def masks_as_the_docstring_says(cell, zoneout, num_rows, hidden, training, dtype=torch.float64):
-    """d per (row, unit) of h (and of c): one torch.bernoulli over all rows, or p in evaluation."""
-    p = torch.tensor([q for q in probabilities(cell, zoneout) for _ in range(hidden)], dtype=dtype)
-    p = p.expand(num_rows, -1)
+def masks_as_the_docstring_says(
+    cell, zoneout, num_rows, hidden, training, dtype=torch.float64, *, hidden_out=None, device="cpu"
+):
+    """d per (row, unit) of h (hidden_out units, the projection's; else hidden) and of c: one torch.bernoulli over all
+    rows on `device`, or p in evaluation."""
+    widths = [hidden_out or hidden, hidden][: len(probabilities(cell, zoneout))]
+    p = [q for q, width in zip(probabilities(cell, zoneout), widths) for _ in range(width)]
+    p = torch.tensor(p, dtype=dtype, device=device).expand(num_rows, -1)
     d = torch.bernoulli(p) if training else p
-    return d.split(hidden, dim=1)
+    return d.split(widths, dim=1)
 
 
-def plain_loop(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, masks, batch_sizes=None):
+def plain_loop(
+    cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, masks, batch_sizes=None, weight_hr=None, reverse=False
+):
     """Krueger et al.'s zoneout LSTM / zoneout GRU over padded (T, B, I) or packed (N, I) rows, written out
-    independently of fused_rnn. masks: d of h (and of c), one row per input row."""
+    independently of fused_rnn. masks: d of h (and of c), one row per input row. weight_hr: the LSTM's projection,
+    applied before h is zoned. reverse: the steps from the last to the first."""
     rows = x.reshape(-1, x.shape[-1])
     steps = batch_sizes if batch_sizes is not None else [x.shape[1]] * x.shape[0]
-    h, c, outputs, offset = h0, c0, [], 0
-    for batch in steps:
+    offsets = [sum(steps[:t]) for t in range(len(steps))]
+    order = list(zip(offsets, steps))[:: -1 if reverse else 1]
+    h, c, outputs = h0, c0, {}
+    for offset, batch in order:
         x_t, h_prev = rows[offset : offset + batch], h[:batch]
         d_h = masks[0][offset : offset + batch]
         if cell == "lstm":
@@ -70,6 +79,8 @@ def plain_loop(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, masks, b
             i, f, g, o = (x_t @ weight_ih.T + bias_ih + h_prev @ weight_hh.T + bias_hh).chunk(4, 1)
             c_new = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
             h_new = torch.sigmoid(o) * torch.tanh(c_new)
+            if weight_hr is not None:
+                h_new = h_new @ weight_hr.T
             d_c = masks[1][offset : offset + batch]
             c = torch.cat([d_c * c_prev + (1 - d_c) * c_new, c[batch:]])
         else:
@@ -78,18 +89,19 @@ def plain_loop(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, masks, b
             r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
             h_new = (1 - z) * torch.tanh(x_n + r * h_n) + z * h_prev
         h_t = d_h * h_prev + (1 - d_h) * h_new
-        outputs.append(h_t)
+        outputs[offset] = h_t
         h = torch.cat([h_t, h[batch:]])
-        offset += batch
-    output = torch.cat(outputs).reshape(*x.shape[:-1], -1)
+    output = torch.cat([outputs[offset] for offset in offsets]).reshape(*x.shape[:-1], -1)
     return output, h, c
 
 
 def run(backend, cell, tensors, zoneout, training, seed, batch_sizes=None, reverse=False):
-    """functional.sequence with the masks drawn after torch.manual_seed(seed): (output, h_n, c_n)."""
+    """functional.sequence with the masks drawn after torch.manual_seed(seed): (output, h_n, c_n). tensors: NAMES's,
+    and weight_hr when the LSTM has a projection."""
     torch.manual_seed(seed)
     x, h0, c0, *weights = tensors
-    return functional.sequence(cell, x, h0, c0, *weights, None, batch_sizes, reverse, backend, zoneout, training)
+    weight_hr = weights.pop() if len(weights) == 5 else None
+    return functional.sequence(cell, x, h0, c0, *weights, weight_hr, batch_sizes, reverse, backend, zoneout, training)
 
 
 def outputs_and_gradients(backend, cell, tensors, zoneout=None, training=True, seed=0, **layout):
@@ -102,7 +114,7 @@ def assert_match(expected, actual, dtype, atol=None, rtol=None):
     (ref, ref_grads), (ours, our_grads) = expected, actual
     for name, r, o in zip(["output", "h_n", "c_n"], ref, ours, strict=True):
         assert_close(name, r, o, atol, rtol)
-    for name, r, o in zip(NAMES, ref_grads, our_grads, strict=True):
+    for name, r, o in zip([*NAMES, "weight_hr"][: len(ref_grads)], ref_grads, our_grads, strict=True):
         assert_close(f"grad {name}", r, o, atol, rtol)
 
 
@@ -167,6 +179,109 @@ def test_triton_matches_reference_on_packed_rows(cell, reverse):
     )
 
 
+PROJECTED_SHAPES = [  # T, B, I, H, P
+    pytest.param(1, 1, 2, 5, 1, id="T1-B1-I2-H5-P1"),
+    pytest.param(4, 3, 4, 13, 5, id="T4-B3-I4-H13-P5"),
+    pytest.param(3, 2, 3, 8, 7, id="T3-B2-I3-H8-P7"),
+]
+
+
+def projected_leaves(steps, batch, input_size, hidden, proj, *, rows=None):
+    """(x, h0 (B, P), c0, weight_ih, weight_hh (4H, P), bias_ih, bias_hh, weight_hr (P, H)), float64, requiring grad."""
+    make = lambda *shape: torch.randn(shape, dtype=torch.float64)
+    x = make(rows, input_size) if rows is not None else make(steps, batch, input_size)
+    tensors = [
+        x,
+        make(batch, proj),
+        make(batch, hidden),
+        make(4 * hidden, input_size) * hidden**-0.5,
+        make(4 * hidden, proj) * proj**-0.5 * 2,
+        make(4 * hidden) * 0.5,
+        make(4 * hidden) * 0.5,
+        make(proj, hidden) * hidden**-0.5 * 2,
+    ]
+    return [t.to(DEVICE).requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("steps, batch, input_size, hidden, proj", PROJECTED_SHAPES)
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_projected_lstm_matches_the_plain_loop(backend, steps, batch, input_size, hidden, proj, training):
+    """With proj_size h is zoned after the projection: its keep weights have P units, c's H."""
+    tensors = projected_leaves(steps, batch, input_size, hidden, proj)
+    x, h0, c0, *weights, weight_hr = tensors
+    torch.manual_seed(5)
+    masks = masks_as_the_docstring_says(
+        "lstm", ZONEOUT["lstm"], steps * batch, hidden, training, hidden_out=proj, device=DEVICE
+    )
+    expected = plain_loop("lstm", x, h0, c0, *weights, masks, weight_hr=weight_hr)
+    assert_match(
+        (expected, gradients(expected, tensors)),
+        outputs_and_gradients(backend, "lstm", tensors, training=training, seed=5),
+        torch.float64,
+    )
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_projected_lstm_on_packed_rows_matches_the_plain_loop(backend, reverse):
+    lengths = [6, 5, 4, 2, 1]
+    batch_sizes = packed_batch_sizes(lengths)
+    tensors = projected_leaves(None, len(lengths), 4, 7, 3, rows=sum(lengths))
+    x, h0, c0, *weights, weight_hr = tensors
+    torch.manual_seed(2)
+    masks = masks_as_the_docstring_says("lstm", ZONEOUT["lstm"], sum(lengths), 7, True, hidden_out=3, device=DEVICE)
+    expected = plain_loop("lstm", x, h0, c0, *weights, masks, batch_sizes, weight_hr, reverse)
+    assert_match(
+        (expected, gradients(expected, tensors)),
+        outputs_and_gradients(backend, "lstm", tensors, seed=2, batch_sizes=batch_sizes, reverse=reverse),
+        torch.float64,
+    )
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_projected_module_bidirectional_two_layers_on_unsorted_packed_input_matches_the_plain_loop(training):
+    """fused_rnn.LSTM(proj_size=, zoneout=) on Triton against the plain loop run per layer and direction, with the
+    masks drawn as the docstring says: one torch.bernoulli per layer and direction, in that order."""
+    lengths, hidden, proj = [3, 5, 1, 4], 5, 2
+    padded = torch.randn(5, 4, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    pack = lambda: pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=False)
+    layer = fused_rnn.LSTM(
+        3, hidden, num_layers=2, bidirectional=True, proj_size=proj, zoneout=ZONEOUT["lstm"], backend="triton"
+    )
+    layer = layer.double().to(DEVICE).train(training)
+    torch.manual_seed(9)
+    output, (h_n, c_n) = layer(pack())
+
+    torch.manual_seed(9)
+    packed = pack()  # its own graph: the gradients of both sides are taken one after the other
+    x, batch_sizes = packed.data, packed.batch_sizes.tolist()
+    zero_h, zero_c = (torch.zeros(len(lengths), width, dtype=torch.float64, device=DEVICE) for width in (proj, hidden))
+    finals = []
+    for k in range(2):
+        outputs = []
+        for direction, suffix in enumerate(("", "_reverse")):
+            masks = masks_as_the_docstring_says(
+                "lstm", ZONEOUT["lstm"], x.shape[0], hidden, training, hidden_out=proj, device=DEVICE
+            )
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+            weights = [getattr(layer, f"{name}_l{k}{suffix}") for name in names]
+            out, *final = plain_loop("lstm", x, zero_h, zero_c, *weights[:4], masks, batch_sizes, weights[4], direction)
+            outputs.append(out)
+            finals.append(final)
+        x = torch.cat(outputs, -1)
+    expected = [x, *(torch.stack(f).index_select(1, packed.unsorted_indices) for f in zip(*finals))]
+    ours = [output.data, h_n, c_n]
+    atol, rtol = TOLERANCE[torch.float64]
+    for name, e, o in zip(["output", "h_n", "c_n"], expected, ours, strict=True):
+        assert_close(name, e, o, atol, rtol)
+    wrt = [padded, *layer.parameters()]
+    for (name, _), e, o in zip(
+        [("input", None), *layer.named_parameters()], gradients(expected, wrt), gradients(ours, wrt), strict=True
+    ):
+        assert_close(f"grad {name}", e, o, atol, rtol)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_one_rate_zero_zones_only_the_other_state(cell):
     """(p, 0) zones h only (haste's LSTM zoneout), (0, p) c only; the GRU at 0 is the plain GRU."""
@@ -181,14 +296,20 @@ def test_one_rate_zero_zones_only_the_other_state(cell):
 
 
 @pytest.mark.parametrize(
-    "cell, packed, reverse", [("lstm", True, True), ("gru", False, False)], ids=["lstm-packed-reverse", "gru-padded"]
+    "cell, packed, reverse, proj",
+    [("lstm", True, True, 0), ("gru", False, False, 0), ("lstm", True, False, 2)],
+    ids=["lstm-packed-reverse", "gru-padded", "lstm-projected-packed"],
 )
-def test_triton_gradcheck_with_fixed_masks(cell, packed, reverse):
+def test_triton_gradcheck_with_fixed_masks(cell, packed, reverse, proj):
     """float64 gradcheck of the fused path; re-seeding inside the function fixes the masks (fast mode: the
     interpreter runs every step's kernels per evaluation)."""
     lengths = [3, 2, 1]
     batch_sizes = packed_batch_sizes(lengths) if packed else None
-    tensors = leaves(cell, 3, 3, 2, 3, rows=sum(lengths) if packed else None)
+    rows = sum(lengths) if packed else None
+    if proj:
+        tensors = projected_leaves(3, 3, 2, 3, proj, rows=rows)
+    else:
+        tensors = leaves(cell, 3, 3, 2, 3, rows=rows)
     present = [i for i, t in enumerate(tensors) if t is not None]
 
     def call(*inputs):
@@ -224,14 +345,14 @@ def test_double_backward_recomputes_through_the_reference_with_the_same_masks(ce
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_low_precision_within_twice_torch_error(cell, dtype):
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("gru", 0), ("lstm", 10)], ids=["lstm", "gru", "lstm-P10"])
+def test_low_precision_within_twice_torch_error(cell, proj, dtype):
     """Against the float64 reference (same masks), our error is at most twice that of the reference in `dtype`, with
     tests/test_triton_sequence.py's weights and floors. Evaluation mode, where d = p exactly: float64 and float32
     draws need not coincide. (On CPU the Triton interpreter rounds float32 -> bfloat16 toward zero, not to nearest
     as a GPU does, which the zoned state compounds: the GRU's bf16 output error is ~2.7x the reference's here.)"""
-    weights = layer_weights(cell, 8, 24, device=DEVICE)[:4]
-    x, h0, c0, _ = sequence_inputs(cell, 6, 4, 8, 24, device=DEVICE)
+    weights = [w for w in layer_weights(cell, 8, 24, proj=proj, device=DEVICE) if w is not None]
+    x, h0, c0, _ = sequence_inputs(cell, 6, 4, 8, 24, proj=proj, device=DEVICE)
     exact_leaves = [x, h0, c0, *weights]
     low = [t.detach().to(dtype).requires_grad_() if t is not None else None for t in exact_leaves]
     exact = outputs_and_gradients("reference", cell, exact_leaves, training=False)
@@ -243,7 +364,7 @@ def test_low_precision_within_twice_torch_error(cell, dtype):
             continue
         assert ours[0][index].dtype == dtype
         assert_within_twice_torch_error(name, exact[0][index], ours[0][index], theirs[0][index], floor)
-    for name, e, t, o in zip(NAMES, exact[1], theirs[1], ours[1]):
+    for name, e, t, o in zip([*NAMES, "weight_hr"], exact[1], theirs[1], ours[1]):
         if e is not None:
             assert_within_twice_torch_error(f"grad {name}", e, o, t, floor)
 
@@ -386,11 +507,13 @@ def test_auto_picks_triton_on_cuda_and_the_reference_on_cpu():
     from fused_rnn.backends import Workload, resolve
 
     zoned = Workload("lstm", 4, False, True, 8, False, True)
+    projected = zoned._replace(projected=True)
     assert resolve("auto", torch.device("cpu"), torch.float32, True, zoned) == "reference"
+    assert resolve("auto", torch.device("cpu"), torch.float32, True, projected) == "reference"
     assert resolve("auto", torch.device("cpu"), torch.float32, True, zoned._replace(zoneout=False)) != "reference"
     if torch.cuda.is_available():
         assert resolve("auto", torch.device("cuda"), torch.float32, True, zoned) == "triton"
-        assert resolve("auto", torch.device("cuda"), torch.float32, True, zoned._replace(projected=True)) == "reference"
+        assert resolve("auto", torch.device("cuda"), torch.float32, True, projected) == "triton"
 
 
 def test_bad_input_is_rejected_with_named_errors():
@@ -423,11 +546,9 @@ def test_bad_input_is_rejected_with_named_errors():
     for backend in ("torch", "cpu", "cuda", "persistent"):
         with pytest.raises(ValueError, match=f"backend='{backend}' cannot run zoneout"):
             fused_rnn.GRU(4, 5, zoneout=0.1, backend=backend)(x)
-    with pytest.raises(ValueError, match="backend='triton' cannot run this zoneout call: .*proj_size"):
-        fused_rnn.LSTM(4, 5, proj_size=3, zoneout=0.1, backend="triton").to(DEVICE)(x.to(DEVICE))
-    # The reference has the projected LSTM's zoneout (h is zoned after the projection).
-    output, (h_n, c_n) = fused_rnn.LSTM(4, 5, proj_size=3, zoneout=0.1)(x)
-    assert output.shape == (2, 3, 3) and c_n.shape == (1, 3, 5)
+    for backend in ("auto", "triton", "reference"):  # h is zoned after the projection: P units
+        output, (h_n, c_n) = fused_rnn.LSTM(4, 5, proj_size=3, zoneout=0.1, backend=backend).to(DEVICE)(x.to(DEVICE))
+        assert output.shape == (2, 3, 3) and h_n.shape == (1, 3, 3) and c_n.shape == (1, 3, 5)
     with pytest.raises(ValueError, match="torch.nn.LSTM has no zoneout"):
         fused_rnn.to_torch(fused_rnn.LSTM(4, 5, zoneout=0.1))
     assert isinstance(fused_rnn.to_torch(fused_rnn.LSTM(4, 5, zoneout=0.0)), torch.nn.LSTM)

@@ -16,7 +16,7 @@ of it are committed); on CPU "cpu" for the shapes where the
 committed measurements (benchmarks/results/cpu_native/cpu.md) show it faster than torch.nn, else "torch", which on CPU
 is 2-18x faster than the reference (benchmarks/results/cpu.md) and keeps double backward and torch.compile.
 
-Zoneout (LSTM and GRU) runs only on "triton" (without proj_size) and "reference"; "auto" picks "triton" on CUDA and
+Zoneout (LSTM and GRU) runs only on "triton" and "reference"; "auto" picks "triton" on CUDA and
 the reference on CPU (benchmarks/results/zoneout_cpu.md: the Triton interpreter is far slower), and the others refuse
 it by name.
 """
@@ -189,7 +189,7 @@ def resolve(
     """
     checked_name(backend)
     if workload is not None and workload.zoneout:
-        return _resolve_zoneout(backend, device, dtype, offsets_fit_32_bits, workload)
+        return _resolve_zoneout(backend, device, dtype, offsets_fit_32_bits)
     if backend in ("reference", "torch"):
         return backend
     if backend == "cpu":
@@ -229,9 +229,7 @@ def _triton_cannot_run(device: torch.device, dtype: torch.dtype, offsets_fit_32_
     return reason
 
 
-def _resolve_zoneout(
-    backend: str, device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool, workload: Workload
-) -> str:
+def _resolve_zoneout(backend: str, device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool) -> str:
     """resolve() for a call with zoneout: "triton" or "reference"; the others raise."""
     if backend == "reference":
         return backend
@@ -240,8 +238,6 @@ def _resolve_zoneout(
             f"backend={backend!r} cannot run zoneout (its kernels have no zoneout): use 'auto', 'triton' or 'reference'"
         )
     reason = _triton_cannot_run(device, dtype, offsets_fit_32_bits)
-    if reason is None and workload.projected:
-        reason = "its kernels have no zoneout with proj_size (backend='reference' has)"
     if backend == "triton":
         if reason is not None:
             raise ValueError(f"backend='triton' cannot run this zoneout call: {reason}")

@@ -139,6 +139,28 @@ def slstm(
     )
 
 
+def slstm_cell(
+    input: Tensor,
+    state: Sequence[Tensor | None] | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias: Tensor | None = None,
+    *,
+    forget_gate: str = "sigmoid",
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One sLSTM step: input (B, I), state (h, c, n, m) each (B, H) or None for zeros, or None for the zero state;
+    weights and backends as slstm's. Returns the new state (h', c', n', m'), each (B, H); h' is the step's output."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 2:
+        raise ValueError(f"input must be 2-D (B, I) for one step, got shape {tuple(input.shape)}")
+    _, new_state = slstm(
+        input.unsqueeze(0), state, weight_ih, weight_hh, bias, forget_gate=forget_gate, backend=backend
+    )
+    return new_state
+
+
 def multihead_lstm(
     input: Tensor,
     hx: Sequence[Tensor | None] | None,

@@ -1,4 +1,5 @@
-"""Multi-head recurrent layers as torch.nn-style modules: sLSTM, MultiHeadLSTM, MultiHeadGRU.
+"""Multi-head recurrent layers as torch.nn-style modules: sLSTM, MultiHeadLSTM, MultiHeadGRU, and the one-step
+sLSTMCell.
 
 FlashRNN's multi-head recurrence: the hidden state is split into num_heads heads of head_dim = hidden_size /
 num_heads units and each head's units feed only that head's gates, so the recurrent weight is block-diagonal.
@@ -23,12 +24,57 @@ import math
 import torch
 from torch import nn
 
-from fused_rnn.layer_input import checked_size, layer_input
+from fused_rnn.layer_input import cell_input, checked_size, layer_input
 from fused_rnn.multihead import functional
 from fused_rnn.multihead.functional import checked_backend, checked_forget_gate
 from fused_rnn.multihead.reference import GATES, STATES
 
 SLSTM_FORGET_BIAS_RANGE = (3.0, 6.0)
+
+
+def _init_parameters(module: nn.Module, cell: str):
+    """torch.nn's uniform init for every weight (and the headed LSTM/GRU's biases); the sLSTM's bias as the module
+    docstring says."""
+    bound = 1.0 / math.sqrt(module.hidden_size)
+    for name, parameter in module.named_parameters(recurse=False):
+        if cell == "slstm" and name.startswith("bias"):
+            _init_slstm_bias(parameter, module.num_heads, module.head_dim)
+        else:
+            nn.init.uniform_(parameter, -bound, bound)
+
+
+@torch.no_grad()
+def _init_slstm_bias(bias: torch.Tensor, num_heads: int, head_dim: int):
+    bias.zero_()
+    low, high = SLSTM_FORGET_BIAS_RANGE
+    per_head = torch.linspace(low, high, head_dim) if head_dim > 1 else torch.tensor([high])
+    bias.view(4, num_heads, head_dim)[1] = per_head.to(bias)
+
+
+def _checked_heads(hidden_size: int, num_heads) -> int:
+    """hidden_size // num_heads once num_heads is a positive int dividing hidden_size; ValueError otherwise."""
+    checked_size("num_heads", num_heads)
+    if hidden_size % num_heads:
+        raise ValueError(
+            f"hidden_size must be divisible by num_heads, got hidden_size={hidden_size}, num_heads={num_heads}"
+        )
+    return hidden_size // num_heads
+
+
+def _checked_hx(owner: str, cell: str, hx, expected: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """hx once it is a tuple of tensors, one per state STATES[cell] names, each of shape `expected`; TypeError or
+    ValueError naming the state otherwise. owner: the module's class name, for the errors."""
+    names = STATES[cell]
+    if not isinstance(hx, (tuple, list)):
+        raise TypeError(f"hx must be a tuple ({', '.join(names)}) for {owner}, got {type(hx).__name__}")
+    if len(hx) != len(names):
+        raise ValueError(f"hx must be a tuple ({', '.join(names)}) for {owner}, got {len(hx)}")
+    for name, s in zip(names, hx):
+        if not isinstance(s, torch.Tensor):
+            raise TypeError(f"hx's {name} must be a Tensor, got {type(s).__name__}")
+        if tuple(s.shape) != expected:
+            raise ValueError(f"hx's {name} must have shape {expected}, got {tuple(s.shape)}")
+    return tuple(hx)
 
 
 class _MultiHeadRNN(nn.Module):
@@ -54,12 +100,8 @@ class _MultiHeadRNN(nn.Module):
         self.input_size = checked_size("input_size", input_size)
         self.hidden_size = checked_size("hidden_size", hidden_size)
         self.num_layers = checked_size("num_layers", num_layers)
-        self.num_heads = checked_size("num_heads", num_heads)
-        if hidden_size % num_heads:
-            raise ValueError(
-                f"hidden_size must be divisible by num_heads, got hidden_size={hidden_size}, num_heads={num_heads}"
-            )
-        self.head_dim = hidden_size // num_heads
+        self.head_dim = _checked_heads(hidden_size, num_heads)
+        self.num_heads = num_heads
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
@@ -86,19 +128,7 @@ class _MultiHeadRNN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for name, parameter in self.named_parameters(recurse=False):
-            if self.cell == "slstm" and name.startswith("bias"):
-                self._init_slstm_bias(parameter)
-            else:
-                nn.init.uniform_(parameter, -bound, bound)
-
-    @torch.no_grad()
-    def _init_slstm_bias(self, bias):
-        bias.zero_()
-        low, high = SLSTM_FORGET_BIAS_RANGE
-        per_head = torch.linspace(low, high, self.head_dim) if self.head_dim > 1 else torch.tensor([high])
-        bias.view(4, self.num_heads, self.head_dim)[1] = per_head.to(bias)
+        _init_parameters(self, self.cell)
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
@@ -155,25 +185,12 @@ class _MultiHeadRNN(nn.Module):
         return output, tuple(final)
 
     def _initial_state(self, state, x, batch, unbatched):
-        names = STATES[self.cell]
         shape = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
         if state is None:
-            return tuple(x.new_zeros(shape) for _ in names)
-        if not isinstance(state, (tuple, list)):
-            raise TypeError(
-                f"hx must be a tuple ({', '.join(names)}) for {type(self).__name__}, got {type(state).__name__}"
-            )
-        if len(state) != len(names):
-            raise ValueError(f"hx must be a tuple ({', '.join(names)}) for {type(self).__name__}, got {len(state)}")
+            return tuple(x.new_zeros(shape) for _ in STATES[self.cell])
         expected = (shape[0], shape[2]) if unbatched else shape
-        checked = []
-        for name, s in zip(names, state):
-            if not isinstance(s, torch.Tensor):
-                raise TypeError(f"hx's {name} must be a Tensor, got {type(s).__name__}")
-            if tuple(s.shape) != expected:
-                raise ValueError(f"hx's {name} must have shape {expected}, got {tuple(s.shape)}")
-            checked.append(s.unsqueeze(1) if unbatched else s)
-        return tuple(checked)
+        checked = _checked_hx(type(self).__name__, self.cell, state, expected)
+        return tuple(s.unsqueeze(1) if unbatched else s for s in checked)
 
 
 class sLSTM(_MultiHeadRNN):  # noqa: N801 (the paper's name)
@@ -232,6 +249,75 @@ class sLSTM(_MultiHeadRNN):  # noqa: N801 (the paper's name)
 
     def forward(self, input, hx=None):
         return self._run(input, hx)
+
+
+class sLSTMCell(nn.Module):  # noqa: N801 (the paper's name)
+    """One sLSTM step (the equations, gate order and weight layout of sLSTM), with torch.nn.LSTMCell's conventions.
+
+    Args:
+        input_size, hidden_size, bias, device, dtype: as torch.nn.LSTMCell.
+        num_heads (keyword-only, as the two below): heads of the block-diagonal recurrent weight; hidden_size must
+            be divisible by it.
+        forget_gate: "sigmoid" (the paper's default) or "exp".
+        backend: "auto", "triton", "torch" or "reference", as sLSTM's; each call runs the layer's fused op for one
+            step ("auto": the Triton step kernel on CUDA, the torch step path on CPU).
+
+    Parameters: weight_ih (4H, I), weight_hh (num_heads, 4 * head_dim, head_dim), bias_ih (4H,): sLSTM's
+    weight_ih_l0, weight_hh_l0, bias_ih_l0 without the suffix, initialised alike, so a one-layer sLSTM's state_dict
+    loads with its keys' "_l0" removed (as torch.nn.LSTM's into torch.nn.LSTMCell).
+
+    Inputs: input (B, I) or unbatched (I,); hx = (h, c, n, m), sLSTM's state in its order, each (B, H) or unbatched
+    (H,), or None for the zero state.
+
+    Outputs: the new state (h', c', n', m') shaped like hx; h' is the step's output. Pass it back as hx for the next
+    step: T steps equal sLSTM over the T steps with that state.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        num_heads: int = 1,
+        forget_gate: str = "sigmoid",
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.input_size = checked_size("input_size", input_size)
+        self.hidden_size = checked_size("hidden_size", hidden_size)
+        self.head_dim = _checked_heads(hidden_size, num_heads)
+        self.num_heads = num_heads
+        self.bias = bool(bias)
+        self.forget_gate = checked_forget_gate(forget_gate)
+        self.backend = checked_backend(backend)
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(num_heads, 4 * self.head_dim, self.head_dim, **factory))
+        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        _init_parameters(self, "slstm")
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("bias", True), ("num_heads", 1), ("forget_gate", "sigmoid"), ("backend", "auto")):
+            if getattr(self, name) != default:
+                text += f", {name}={getattr(self, name)!r}"
+        return text
+
+    def forward(self, input, hx=None):
+        x, unbatched = cell_input(type(self).__name__, input, self.input_size)
+        if hx is not None:
+            expected = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
+            hx = tuple(s.unsqueeze(0) if unbatched else s for s in _checked_hx("sLSTMCell", "slstm", hx, expected))
+        state = functional.slstm_cell(
+            x, hx, self.weight_ih, self.weight_hh, self.bias_ih, forget_gate=self.forget_gate, backend=self.backend
+        )
+        return tuple(s.squeeze(0) for s in state) if unbatched else state
 
 
 class MultiHeadLSTM(_MultiHeadRNN):

@@ -42,19 +42,26 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _zoneout_arguments(cell, zoneout) -> dict:
-    """The zoneout arguments of `cell`'s kernels: keep weights (or None) and the flag; none for other cells."""
+def _zoneout_arguments(cell, zoneout, zoneout_h) -> dict:
+    """The zoneout arguments of `cell`'s kernels: keep weights (or None) and the flags; none for other cells.
+
+    zoneout_h: whether the LSTM kernel zones h too (False with a projection, whose h the driver zones).
+    """
     if cell not in ZONEOUT_CELLS:
         if zoneout is not None:
             raise ValueError(f"the Triton {cell} kernels have no zoneout")
         return {}
-    return {"p_zoneout": zoneout, "ZONEOUT": zoneout is not None}
+    arguments = {"p_zoneout": zoneout, "ZONEOUT": zoneout is not None}
+    if cell == "lstm":
+        arguments["ZONEOUT_H"] = zoneout is not None and zoneout_h
+    return arguments
 
 
 def forward_step(cell, xg, hg, bias, h, c, out, saved, write_h, zoneout=None):
     """Gate activations, state update and output for one step's active rows (out.shape[0] of them).
 
-    zoneout: the step's keep weights, (rows, 2H) for the LSTM (h's, then c's), (rows, H) for the GRU, or None.
+    zoneout: the step's keep weights, (rows, 2H) for the LSTM (h's, then c's), (rows, H) for the GRU, or None. A
+    projected LSTM (write_h False) takes c's only, (rows, H): the driver zones its projected h.
     """
     batch, hidden = out.shape
     kernel, _, cell_constants = KERNELS[cell]
@@ -73,7 +80,7 @@ def forward_step(cell, xg, hg, bias, h, c, out, saved, write_h, zoneout=None):
         WRITE_H=write_h,
         SAVE=saved is not None,
         ACC=_acc(out.dtype),
-        **_zoneout_arguments(cell, zoneout),
+        **_zoneout_arguments(cell, zoneout, write_h),
         **tiles,
         **cell_constants,
     )
@@ -83,11 +90,12 @@ def backward_step(cell, dh, dout, dc, saved, hprev, out, dgx, dgh, zoneout=None,
     """Gate-gradient kernel for one step's active rows (dgx.shape[0] of them).
 
     zoneout: the step's keep weights as in forward_step, or None. dh_kept: the LSTM's (B, H) fp32 gradient reaching
-    h' through zoneout's kept share, carried from step to step (the GRU carries it in dc); None without zoneout.
+    h' through zoneout's kept share, carried from step to step (the GRU carries it in dc); None without zoneout,
+    and with a projection, whose h the driver zones: then the kernel zones c only, zoneout (rows, H) c's weights.
     """
     batch, hidden = dgx.shape[0], dgx.shape[1] // CELLS[cell].gates
     _, kernel, cell_constants = KERNELS[cell]
-    zoneout_arguments = _zoneout_arguments(cell, zoneout)
+    zoneout_arguments = _zoneout_arguments(cell, zoneout, dh_kept is not None)
     if cell == "lstm":
         zoneout_arguments["p_dh_kept"] = dh_kept
     tiles, grid = _tiles(batch, hidden, dgx.dtype)

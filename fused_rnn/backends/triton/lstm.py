@@ -6,7 +6,9 @@ units; gate blocks are laid out i, f, g, o as in torch.nn.
 
 With ZONEOUT (Krueger et al. 2016) each step's states are blended with the previous ones by keep weights d
 (Bernoulli masks in training, the zoneout probabilities in evaluation), read per row and unit:
-c' = d_c * c + (1 - d_c) * (f * c + i * g) and h' = d_h * h + (1 - d_h) * o * tanh(f * c + i * g).
+c' = d_c * c + (1 - d_c) * (f * c + i * g) and h' = d_h * h + (1 - d_h) * o * tanh(f * c + i * g). With a
+projection h' = d_h * h + (1 - d_h) * (o * tanh(c')) W_hr^T is zoned after the W_hr GEMM, which runs outside these
+kernels, so the driver zones h there and the kernels (ZONEOUT_H off) zone c only.
 """
 
 import triton
@@ -31,13 +33,14 @@ def lstm_fwd_kernel(
     p_c,  # [B, H] (ACC) cell state: rows < bs read as c, overwritten with c'
     p_out,  # [bs, H] h' (before the projection when the layer has one)
     p_saved,  # [bs, 5H] (ACC) i, f, g, o, c for the backward
-    p_zoneout,  # [bs, 2H] (ACC) keep weights of h, then of c, when ZONEOUT
+    p_zoneout,  # [bs, 2H] (ACC) keep weights of h, then of c, when ZONEOUT_H; [bs, H] of c when ZONEOUT only
     bs,
     H,
     HAS_BIAS: tl.constexpr,
     WRITE_H: tl.constexpr,
     SAVE: tl.constexpr,
     ZONEOUT: tl.constexpr,
+    ZONEOUT_H: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -56,10 +59,13 @@ def lstm_fwd_kernel(
     b_c = tl.load(p_c + state, mask=mask, other=0.0).to(ACC)
     b_c_new = b_f * b_c + b_i * b_g
     b_h = b_o * tanh(b_c_new)
-    if ZONEOUT:  # never with a projection (fused_rnn.backends.resolve refuses it): p_h is h' itself
-        b_keep_h = load_gate(p_zoneout, 0, rows, cols, mask, H, 2, ACC)
-        b_keep_c = load_gate(p_zoneout, 1, rows, cols, mask, H, 2, ACC)
-        b_h = b_keep_h * tl.load(p_h + state, mask=mask, other=0.0).to(ACC) + (1.0 - b_keep_h) * b_h
+    if ZONEOUT:
+        if ZONEOUT_H:  # without a projection: p_h is h itself
+            b_keep_h = load_gate(p_zoneout, 0, rows, cols, mask, H, 2, ACC)
+            b_keep_c = load_gate(p_zoneout, 1, rows, cols, mask, H, 2, ACC)
+            b_h = b_keep_h * tl.load(p_h + state, mask=mask, other=0.0).to(ACC) + (1.0 - b_keep_h) * b_h
+        else:
+            b_keep_c = load_gate(p_zoneout, 0, rows, cols, mask, H, 1, ACC)
         b_c_new = b_keep_c * b_c + (1.0 - b_keep_c) * b_c_new
     b_h = b_h.to(p_out.dtype.element_ty)
 
@@ -85,13 +91,14 @@ def lstm_bwd_kernel(
     p_out,  # unused
     p_dgx,  # [bs, 4H] gradient of the gate pre-activations
     p_dgh,  # unused: equal to p_dgx for the LSTM
-    p_zoneout,  # [bs, 2H] (ACC) keep weights of h, then of c, when ZONEOUT
-    p_dh_kept,  # [B, H] (ACC) when ZONEOUT, gradient reaching h' directly (h' = d_h * h + ...): rows < bs read,
+    p_zoneout,  # [bs, 2H] (ACC) keep weights of h, then of c, when ZONEOUT_H; [bs, H] of c when ZONEOUT only
+    p_dh_kept,  # [B, H] (ACC) when ZONEOUT_H, gradient reaching h' directly (h' = d_h * h + ...): rows < bs read,
     #                overwritten with d_h times the gradient of h'
     bs,
     H,
     HAS_DOUT: tl.constexpr,
     ZONEOUT: tl.constexpr,
+    ZONEOUT_H: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -113,12 +120,15 @@ def lstm_bwd_kernel(
     b_dc = tl.load(p_dc + state, mask=mask, other=0.0).to(ACC)
     if ZONEOUT:
         # b_dh and b_dc become the gradients of the unzoned h' and c'; the kept shares go straight to h and c.
-        b_dh += tl.load(p_dh_kept + state, mask=mask, other=0.0)
-        b_keep_h = load_gate(p_zoneout, 0, rows, cols, mask, H, 2, ACC)
-        b_keep_c = load_gate(p_zoneout, 1, rows, cols, mask, H, 2, ACC)
-        tl.store(p_dh_kept + state, b_keep_h * b_dh, mask=mask)
+        if ZONEOUT_H:
+            b_dh += tl.load(p_dh_kept + state, mask=mask, other=0.0)
+            b_keep_h = load_gate(p_zoneout, 0, rows, cols, mask, H, 2, ACC)
+            b_keep_c = load_gate(p_zoneout, 1, rows, cols, mask, H, 2, ACC)
+            tl.store(p_dh_kept + state, b_keep_h * b_dh, mask=mask)
+            b_dh *= 1.0 - b_keep_h
+        else:
+            b_keep_c = load_gate(p_zoneout, 0, rows, cols, mask, H, 1, ACC)
         b_dc_kept = b_keep_c * b_dc
-        b_dh *= 1.0 - b_keep_h
         b_dc *= 1.0 - b_keep_c
     b_di, b_df, b_dg, b_do, b_dc_prev = lstm_cell_backward(b_i, b_f, b_g, b_o, b_c, b_dh, b_dc)
 

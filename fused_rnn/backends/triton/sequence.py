@@ -9,8 +9,9 @@ single GEMMs/reductions over all steps afterwards. No atomics, so results are de
 Rows follow fused_rnn.packing: state buffers hold the whole batch and each step reads and writes
 the prefix of rows it has active, so packed sequences need no special case.
 
-Zoneout (LSTM and GRU without projection): the keep weights of every row are one (N, ·) tensor drawn before
-the call, each step's kernels read their rows of it.
+Zoneout (LSTM and GRU): the keep weights of every row are one (N, ·) tensor drawn before the call, each step's
+kernels read their rows of it. A projected LSTM's h is zoned after its W_hr GEMM, here in the driver, not in the
+step kernel (which zones c only).
 """
 
 import torch
@@ -23,6 +24,15 @@ from fused_rnn.packing import previous_hidden, time_steps
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _projected_keep(zoneout, weight_hr):
+    """(keep weights of h, of c) of a projected LSTM's (N, P + H) zoneout: h's zoned by the driver, c's (a contiguous
+    copy) read by the step kernel; (None, zoneout) without a projection or without zoneout."""
+    if zoneout is None or weight_hr is None:
+        return None, zoneout
+    projected = weight_hr.shape[0]
+    return zoneout[:, :projected], zoneout[:, projected:].contiguous()
 
 
 def forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save):
@@ -60,6 +70,7 @@ def sequence_forward(
     c = c0.to(accumulate_dtype(input.dtype), copy=True) if spec.has_cell_state else None
     if weight_hr is not None and not save:
         projection_scratch = input.new_empty(batch, hidden)
+    keep_h, keep_kernel = _projected_keep(zoneout, weight_hr)
 
     for offset, active in time_steps(batch_sizes, input.shape[0], batch, reverse):
         rows = slice(offset, offset + active)
@@ -78,10 +89,15 @@ def sequence_forward(
             out=step_output,
             saved=saved[rows] if saved.shape[0] else None,
             write_h=weight_hr is None,
-            zoneout=zoneout[rows] if zoneout is not None else None,
+            zoneout=keep_kernel[rows] if keep_kernel is not None else None,
         )
         if weight_hr is not None:
             torch.mm(step_output, weight_hr.t(), out=output[rows])
+            if keep_h is not None:
+                # d * h + (1 - d) * h~ in the keep weights' dtype (fp32 for fp16/bf16), as the reference; lerp is
+                # one launch per step where that form takes four, and exact for masks of 0 and 1
+                keep = keep_h[rows]
+                output[rows] = torch.lerp(output[rows].to(keep.dtype), h[:active].to(keep.dtype), keep)
             h[:active] = output[rows]
 
     if spec.has_cell_state:
@@ -137,7 +153,8 @@ def sequence_backward(
         dh = grad_h_n.clone()
         dc = grad_c_n.to(acc, copy=True) if spec.has_cell_state else None
     # With zoneout the LSTM's h' = d * h + ... also passes d * dh' to h directly, carried like dc.
-    dh_kept = torch.zeros_like(dc) if zoneout is not None and spec.has_cell_state else None
+    dh_kept = torch.zeros_like(dh, dtype=acc) if zoneout is not None and spec.has_cell_state else None
+    keep_h, keep_kernel = _projected_keep(zoneout, weight_hr)
     if weight_hr is not None:
         grad_projected = input.new_empty(rows_total, weight_hr.shape[0])
         grad_projection_input = input.new_empty(batch, weight_hr.shape[1])
@@ -146,6 +163,12 @@ def sequence_backward(
         rows = slice(offset, offset + active)
         if weight_hr is not None:
             torch.add(dh[:active], grad_output[rows], out=grad_projected[rows])
+            if keep_h is not None:
+                # Of the gradient of the zoned h', d goes straight to h, 1 - d to the projection.
+                keep = keep_h[rows]
+                grad_h = grad_projected[rows].to(acc) + dh_kept[:active]
+                torch.mul(grad_h, keep, out=dh_kept[:active])
+                grad_projected[rows] = grad_h * (1 - keep)
             torch.mm(grad_projected[rows], weight_hr, out=grad_projection_input[:active])
         backward_step(
             cell,
@@ -157,8 +180,8 @@ def sequence_backward(
             out=output[rows],
             dgx=grad_input_gates[rows],
             dgh=grad_hidden_gates[rows],
-            zoneout=zoneout[rows] if zoneout is not None else None,
-            dh_kept=dh_kept,
+            zoneout=keep_kernel[rows] if keep_kernel is not None else None,
+            dh_kept=dh_kept if keep_h is None else None,
         )
         torch.mm(grad_hidden_gates[rows], weight_hh, out=dh[:active])
 
