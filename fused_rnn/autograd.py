@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from fused_rnn import reference
+from fused_rnn import eager, reference
 
 
 def _triton_sequence():
@@ -119,26 +119,14 @@ def _run_forward(
 def forward(
     cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save, backend, zoneout
 ):
-    """sequence_forward's outputs, differentiable when `save`. In plain eager mode (no tracer or dispatch mode that
-    must see the registered op) the driver runs directly, under an autograd.Function with the same formula when a
-    gradient is recorded: the registered op's dispatch and autograd wrapping cost about 15 us a call without
-    gradients and over 100 us with them on CPU, as much as a small layer's whole recurrence."""
+    """sequence_forward's outputs, differentiable when `save`; in plain eager mode without the registered op's cost
+    (fused_rnn.eager)."""
     arguments = (cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save)
-    if not _plain_eager(input):
+    if not eager.plain_eager(input):
         return sequence_forward(*arguments, backend, zoneout)
     if not save:
         return _run_forward(*arguments, backend, zoneout)
     return _EagerSequence.apply(*arguments, backend, zoneout)
-
-
-def _plain_eager(tensor: torch.Tensor) -> bool:
-    # Fake and functional tensors are subclasses; vmap/grad wrap plain tensors, so ask functorch too.
-    return (
-        type(tensor) is torch.Tensor
-        and not torch.compiler.is_compiling()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._are_functorch_transforms_active()
-    )
 
 
 @sequence_forward.register_fake
@@ -311,7 +299,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projectio
     if torch.is_grad_enabled():
         grads = _differentiable_backward(ctx, tensors, zoneout, needs_grad, grad_output, grad_h_n, grad_c_n)
     else:
-        run = _run_backward if _plain_eager(grad_output) else sequence_backward
+        run = _run_backward if eager.plain_eager(grad_output) else sequence_backward
         grads = run(
             ctx.cell,
             grad_output.contiguous(),
@@ -361,15 +349,4 @@ def _differentiable_backward(ctx, tensors, zoneout, needs_grad, grad_output, gra
 sequence_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _EagerSequence(torch.autograd.Function):
-    """sequence_forward's autograd in plain eager mode (see `forward`), with the registered op's formula."""
-
-    # forward(ctx, ...) rather than a separate setup_context: with one, apply binds the arguments to forward's
-    # signature through inspect on every call.
-    @staticmethod
-    def forward(ctx, *arguments):
-        output = _run_forward(*arguments)
-        _setup_context(ctx, arguments, output)
-        return output
-
-    backward = staticmethod(_backward)
+_EagerSequence = eager.autograd_function(_run_forward, _setup_context, _backward)

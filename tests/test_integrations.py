@@ -88,23 +88,35 @@ class OpNames(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# Each layer family on a fused backend that runs on CPU here, and the name of its registered ops.
+FAMILIES = {
+    "lstm": (lambda: fused_rnn.LSTM(3, 5, num_layers=2, backend="triton"), "sequence"),
+    "indrnn": (lambda: fused_rnn.IndRNN(3, 5, num_layers=2, backend="triton"), "indrnn"),
+    "layernorm": (lambda: fused_rnn.LayerNormLSTM(3, 5, num_layers=2, backend="triton"), "layernorm_rnn"),
+    "slstm": (lambda: fused_rnn.sLSTM(3, 6, num_heads=2, backend="triton"), "multihead"),
+}
+
+
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
-def test_dispatch_modes_see_the_registered_ops(requires_grad):
-    """Eager calls skip the registered ops' dispatch for speed (fused_rnn.autograd.forward); a dispatch mode (a
-    FLOP counter, fake tensors) must still see fused_rnn's ops, and get what eager mode gets."""
-    module = fused_rnn.LSTM(3, 5, num_layers=2, backend="triton").to(DEVICE)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dispatch_modes_see_the_registered_ops(family, requires_grad):
+    """Eager calls skip the registered ops' dispatch for speed (fused_rnn.eager); a dispatch mode (a FLOP counter,
+    fake tensors) must still see each family's ops, and get what eager mode gets."""
+    build, op = FAMILIES[family]
+    module = build().to(DEVICE)
     x = torch.randn(4, 2, 3, device=DEVICE, requires_grad=requires_grad)
     results = []
     for mode in (contextlib.nullcontext(), OpNames()):
         module.zero_grad(set_to_none=True)
         x.grad = None
         with mode:
-            output, (h_n, c_n) = module(x)
+            output, state = module(x)
             if requires_grad:
-                (output.sum() + h_n.sum()).backward()
-        results.append([output, h_n, c_n, *([x.grad, *(p.grad for p in module.parameters())] if requires_grad else [])])
-    assert "fused_rnn.sequence_forward" in mode.names
-    assert ("fused_rnn.sequence_backward" in mode.names) == requires_grad
+                (output.sum() + (state[0] if isinstance(state, tuple) else state).sum()).backward()
+        grads = [x.grad, *(p.grad for p in module.parameters())] if requires_grad else []
+        results.append([output, *grads])
+    assert f"fused_rnn.{op}_forward" in mode.names
+    assert (f"fused_rnn.{op}_backward" in mode.names) == requires_grad
     for i, (eager, seen) in enumerate(zip(*results, strict=True)):
         assert torch.equal(eager, seen), f"tensor {i} differs under the dispatch mode"
 

@@ -13,6 +13,7 @@ import contextlib
 
 import torch
 
+from fused_rnn import eager
 from fused_rnn.indrnn import reference
 
 
@@ -83,11 +84,27 @@ def indrnn_forward(
     Returns:
         output (N, H) and h_n (B, H).
     """
+    return _run_forward(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, kernel)
+
+
+def _run_forward(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, kernel):
     with _on_device_of(input):
         projection = _gemms(kernel).product(input, weight_ih, bias_ih)
         return _recurrence(kernel).recurrence_forward(
             projection, weight_hh, h0, batch_sizes, reverse, nonlinearity == "relu"
         )
+
+
+def forward(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, kernel):
+    """indrnn_forward's outputs, differentiable; in plain eager mode without the registered op's cost
+    (fused_rnn.eager)."""
+    arguments = (input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, kernel)
+    if not eager.plain_eager(input):
+        return indrnn_forward(*arguments)
+    leaves = (input, h0, weight_ih, weight_hh, bias_ih)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)):
+        return _run_forward(*arguments)
+    return _EagerIndRNN.apply(*arguments)
 
 
 @indrnn_forward.register_fake
@@ -111,6 +128,36 @@ def indrnn_backward(
     kernel: str = "triton",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of input, h0, weight_ih, weight_hh, bias_ih, each empty unless its needs_grad entry is set."""
+    return _run_backward(
+        grad_output,
+        grad_h_n,
+        input,
+        h0,
+        weight_ih,
+        weight_hh,
+        output,
+        batch_sizes,
+        reverse,
+        nonlinearity,
+        needs_grad,
+        kernel,
+    )
+
+
+def _run_backward(
+    grad_output,
+    grad_h_n,
+    input,
+    h0,
+    weight_ih,
+    weight_hh,
+    output,
+    batch_sizes,
+    reverse,
+    nonlinearity,
+    needs_grad,
+    kernel,
+):
     with _on_device_of(input):
         grad_pre, grad_h0, grad_u = _recurrence(kernel).recurrence_backward(
             grad_output, grad_h_n, output, h0, weight_hh, batch_sizes, reverse, nonlinearity == "relu"
@@ -159,7 +206,8 @@ def _backward(ctx, grad_output, grad_h_n):
     if torch.is_grad_enabled():
         grads = _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_h_n)
     else:
-        found = indrnn_backward(
+        run = _run_backward if eager.plain_eager(grad_output) else indrnn_backward
+        found = run(
             grad_output.contiguous(),
             grad_h_n.contiguous(),
             input,
@@ -192,3 +240,4 @@ def _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_h_n):
 
 
 indrnn_forward.register_autograd(_backward, setup_context=_setup_context)
+_EagerIndRNN = eager.autograd_function(_run_forward, _setup_context, _backward)

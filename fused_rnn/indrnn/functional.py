@@ -101,7 +101,7 @@ def indrnn(
         return reference.sequence(*tensors, batch_sizes, reverse, nonlinearity)
     rows = input.reshape(-1, input.shape[-1])
     contiguous = [t.contiguous() if t is not None else None for t in (rows, *tensors[1:])]
-    output, h_n = autograd.indrnn_forward(*contiguous, batch_sizes, reverse, nonlinearity, chosen)
+    output, h_n = autograd.forward(*contiguous, batch_sizes, reverse, nonlinearity, chosen)
     return output.reshape(*input.shape[:-1], output.shape[-1]), h_n
 
 

@@ -12,6 +12,7 @@ import contextlib
 
 import torch
 
+from fused_rnn import eager
 from fused_rnn.layernorm import reference
 
 # The differentiable inputs of the forward op, in its order (after `cell`), and the backward op's outputs.
@@ -75,24 +76,36 @@ def layernorm_rnn_forward(
         its per-row mean and 1 / std (N, 1), the gate activations (N, 4H), the normalized h W_hh^T (N, G * H), the
         cell's saved states (N, 2H or H) and the per-row 1 / std of the step's normalizations (N, 2 or 1).
     """
+    return _run_forward(
+        cell,
+        input,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        norm_ih_weight,
+        norm_hh_weight,
+        norm_c_weight,
+        norm_c_bias,
+        batch_sizes,
+        reverse,
+        save,
+    )
+
+
+def _run_forward(cell, input, *arguments):
     with _on_device_of(input):
-        return _driver().sequence_forward(
-            cell,
-            input,
-            h0,
-            c0,
-            weight_ih,
-            weight_hh,
-            bias_ih,
-            bias_hh,
-            norm_ih_weight,
-            norm_hh_weight,
-            norm_c_weight,
-            norm_c_bias,
-            batch_sizes,
-            reverse,
-            save,
-        )
+        return _driver().sequence_forward(cell, input, *arguments)
+
+
+def forward(*arguments):
+    """layernorm_rnn_forward's outputs (same arguments), differentiable when `save` (the last); in plain eager mode
+    without the registered op's cost (fused_rnn.eager)."""
+    if not eager.plain_eager(arguments[1]):
+        return layernorm_rnn_forward(*arguments)
+    return _EagerLayerNorm.apply(*arguments) if arguments[-1] else _run_forward(*arguments)
 
 
 @layernorm_rnn_forward.register_fake
@@ -139,26 +152,30 @@ def layernorm_rnn_backward(
     needs_grad: list[bool],
 ) -> BACKWARD_OUTPUTS:
     """Gradients of the forward op's LEAVES, each empty unless its needs_grad entry is set."""
+    return _run_backward(
+        cell,
+        grad_output,
+        grad_h_n,
+        grad_c_n,
+        input,
+        h0,
+        weight_ih,
+        weight_hh,
+        norm_ih_weight,
+        norm_hh_weight,
+        norm_c_weight,
+        norm_c_bias,
+        output,
+        saved,
+        batch_sizes,
+        reverse,
+        needs_grad,
+    )
+
+
+def _run_backward(cell, grad_output, grad_h_n, grad_c_n, input, *arguments):
     with _on_device_of(input):
-        return _driver().sequence_backward(
-            cell,
-            grad_output,
-            grad_h_n,
-            grad_c_n,
-            input,
-            h0,
-            weight_ih,
-            weight_hh,
-            norm_ih_weight,
-            norm_hh_weight,
-            norm_c_weight,
-            norm_c_bias,
-            output,
-            saved,
-            batch_sizes,
-            reverse,
-            needs_grad,
-        )
+        return _driver().sequence_backward(cell, grad_output, grad_h_n, grad_c_n, input, *arguments)
 
 
 @layernorm_rnn_backward.register_fake
@@ -205,7 +222,8 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_grad_saved):
         grads = _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_h_n, grad_c_n)
     else:
         input, h0, _, weight_ih, weight_hh, _, _, norm_ih_weight, norm_hh_weight, norm_c_weight, norm_c_bias = leaves
-        found = layernorm_rnn_backward(
+        run = _run_backward if eager.plain_eager(grad_output) else layernorm_rnn_backward
+        found = run(
             ctx.cell,
             grad_output.contiguous(),
             grad_h_n.contiguous(),
@@ -247,3 +265,4 @@ def _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_h_n, gra
 
 
 layernorm_rnn_forward.register_autograd(_backward, setup_context=_setup_context)
+_EagerLayerNorm = eager.autograd_function(_run_forward, _setup_context, _backward)

@@ -190,7 +190,7 @@ def _run(cell, input, h0, c0, tensors, batch_sizes, reverse, backend):
     rows = input.reshape(-1, input.shape[-1])
     contiguous = [t.contiguous() if t is not None else None for t in (rows, *leaves[1:])]
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
-    output, h_n, c_n, *_ = autograd.layernorm_rnn_forward(cell, *contiguous, batch_sizes, reverse, save)
+    output, h_n, c_n, *_ = autograd.forward(cell, *contiguous, batch_sizes, reverse, save)
     return output.reshape(*input.shape[:-1], output.shape[-1]), h_n, c_n if cell == "lstm" else None
 
 

@@ -13,6 +13,7 @@ import contextlib
 
 import torch
 
+from fused_rnn import eager
 from fused_rnn.multihead import reference, sequence
 from fused_rnn.multihead.reference import STATES
 
@@ -62,6 +63,28 @@ def multihead_forward(
     Returns:
         output (N, H), h_n, c_n, n_n, m_n (B, H) or empty, and the saved activations (empty unless save).
     """
+    return _run_forward(
+        input,
+        h0,
+        c0,
+        n0,
+        m0,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        batch_sizes,
+        reverse,
+        cell,
+        forget_gate,
+        save,
+        kernel,
+    )
+
+
+def _run_forward(
+    input, h0, c0, n0, m0, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes, reverse, cell, forget_gate, save, kernel
+):
     with _on_device_of(input):
         output, state, saved = sequence.sequence_forward(
             cell,
@@ -78,6 +101,33 @@ def multihead_forward(
             kernel,
         )
         return output, *_padded(cell, state, input), saved
+
+
+def forward(
+    input, h0, c0, n0, m0, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes, reverse, cell, forget_gate, save, kernel
+):
+    """multihead_forward's outputs, differentiable when `save`; in plain eager mode without the registered op's cost
+    (fused_rnn.eager)."""
+    arguments = (
+        input,
+        h0,
+        c0,
+        n0,
+        m0,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        batch_sizes,
+        reverse,
+        cell,
+        forget_gate,
+        save,
+        kernel,
+    )
+    if not eager.plain_eager(input):
+        return multihead_forward(*arguments)
+    return _EagerMultiHead.apply(*arguments) if save else _run_forward(*arguments)
 
 
 @multihead_forward.register_fake
@@ -141,6 +191,52 @@ def multihead_backward(
 ]:
     """Gradients of input, h0, c0, n0, m0, weight_ih, weight_hh, bias_ih, bias_hh; each empty unless its needs_grad
     entry is set (needs_grad has one entry per tensor, the states the cell has not included)."""
+    return _run_backward(
+        grad_output,
+        grad_h_n,
+        grad_c_n,
+        grad_n_n,
+        grad_m_n,
+        input,
+        h0,
+        c0,
+        n0,
+        m0,
+        weight_ih,
+        weight_hh,
+        output,
+        saved,
+        batch_sizes,
+        reverse,
+        cell,
+        forget_gate,
+        needs_grad,
+        kernel,
+    )
+
+
+def _run_backward(
+    grad_output,
+    grad_h_n,
+    grad_c_n,
+    grad_n_n,
+    grad_m_n,
+    input,
+    h0,
+    c0,
+    n0,
+    m0,
+    weight_ih,
+    weight_hh,
+    output,
+    saved,
+    batch_sizes,
+    reverse,
+    cell,
+    forget_gate,
+    needs_grad,
+    kernel,
+):
     states = len(STATES[cell])
     needed = [needs_grad[0], *needs_grad[1 : 1 + states], *needs_grad[5:]]
     with _on_device_of(input):
@@ -229,7 +325,8 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_n_n, grad_m_n, _grad_sa
     else:
         input, h0, c0, n0, m0, weight_ih, weight_hh, _, _ = leaves
         present = len(STATES[ctx.cell])
-        found = multihead_backward(
+        run = _run_backward if eager.plain_eager(grad_output) else multihead_backward
+        found = run(
             grad_output.contiguous(),
             *(g.contiguous() if i < present else None for i, g in enumerate(grad_state)),
             input,
@@ -284,3 +381,4 @@ def _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_state):
 
 
 multihead_forward.register_autograd(_backward, setup_context=_setup_context)
+_EagerMultiHead = eager.autograd_function(_run_forward, _setup_context, _backward)

@@ -92,7 +92,7 @@ def run(
     tensors = [rows, *state, *(None,) * (4 - len(state)), weight_ih, weight_hh, bias_ih, bias_hh]
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     contiguous = [t.contiguous() if t is not None else None for t in tensors]
-    output, *final, _ = autograd.multihead_forward(*contiguous, batch_sizes, reverse, cell, forget_gate, save, chosen)
+    output, *final, _ = autograd.forward(*contiguous, batch_sizes, reverse, cell, forget_gate, save, chosen)
     return output.reshape(*input.shape[:-1], hidden), tuple(final[: len(names)])
 
 
