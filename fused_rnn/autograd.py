@@ -42,8 +42,7 @@ def _on_device_of(tensor: torch.Tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
-@torch.library.custom_op("fused_rnn::sequence_forward", mutates_args=())
-def sequence_forward(
+def _run_forward(
     cell: str,
     input: torch.Tensor,
     h0: torch.Tensor,
@@ -76,27 +75,6 @@ def sequence_forward(
         output (N, H_out), h_n (B, H_out), c_n (B, H) or empty, then the saved activations and the
         LSTM projection's input (both empty unless save).
     """
-    return _run_forward(
-        cell,
-        input,
-        h0,
-        c0,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        weight_hr,
-        batch_sizes,
-        reverse,
-        save,
-        backend,
-        zoneout,
-    )
-
-
-def _run_forward(
-    cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save, backend, zoneout
-):
     zoneout_argument = {} if zoneout is None else {"zoneout": zoneout}
     with _on_device_of(input):
         return _driver(backend).sequence_forward(
@@ -114,6 +92,9 @@ def _run_forward(
             save,
             **zoneout_argument,
         )
+
+
+sequence_forward = torch.library.custom_op("fused_rnn::sequence_forward", mutates_args=())(_run_forward)
 
 
 def forward(
@@ -149,8 +130,7 @@ def _(
     return _triton_sequence().forward_outputs(cell, input, h0, c0, weight_hh, weight_hr, save)
 
 
-@torch.library.custom_op("fused_rnn::sequence_backward", mutates_args=())
-def sequence_backward(
+def _run_backward(
     cell: str,
     grad_output: torch.Tensor,
     grad_h_n: torch.Tensor,
@@ -173,48 +153,6 @@ def sequence_backward(
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
     """Gradients of input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; absent ones empty."""
-    return _run_backward(
-        cell,
-        grad_output,
-        grad_h_n,
-        grad_c_n,
-        input,
-        h0,
-        c0,
-        weight_ih,
-        weight_hh,
-        weight_hr,
-        output,
-        saved,
-        projection_input,
-        batch_sizes,
-        reverse,
-        needs_grad,
-        backend,
-        zoneout,
-    )
-
-
-def _run_backward(
-    cell,
-    grad_output,
-    grad_h_n,
-    grad_c_n,
-    input,
-    h0,
-    c0,
-    weight_ih,
-    weight_hh,
-    weight_hr,
-    output,
-    saved,
-    projection_input,
-    batch_sizes,
-    reverse,
-    needs_grad,
-    backend,
-    zoneout,
-):
     zoneout_argument = {} if zoneout is None else {"zoneout": zoneout}
     with _on_device_of(input):
         return _driver(backend).sequence_backward(
@@ -236,6 +174,9 @@ def _run_backward(
             needs_grad,
             **zoneout_argument,
         )
+
+
+sequence_backward = torch.library.custom_op("fused_rnn::sequence_backward", mutates_args=())(_run_backward)
 
 
 @sequence_backward.register_fake

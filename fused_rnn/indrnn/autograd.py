@@ -60,8 +60,7 @@ def _on_device_of(tensor: torch.Tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
-@torch.library.custom_op("fused_rnn::indrnn_forward", mutates_args=())
-def indrnn_forward(
+def _run_forward(
     input: torch.Tensor,
     h0: torch.Tensor,
     weight_ih: torch.Tensor,
@@ -84,15 +83,14 @@ def indrnn_forward(
     Returns:
         output (N, H) and h_n (B, H).
     """
-    return _run_forward(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, kernel)
-
-
-def _run_forward(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, kernel):
     with _on_device_of(input):
         projection = _gemms(kernel).product(input, weight_ih, bias_ih)
         return _recurrence(kernel).recurrence_forward(
             projection, weight_hh, h0, batch_sizes, reverse, nonlinearity == "relu"
         )
+
+
+indrnn_forward = torch.library.custom_op("fused_rnn::indrnn_forward", mutates_args=())(_run_forward)
 
 
 def forward(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, kernel):
@@ -112,8 +110,7 @@ def _(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlineari
     return input.new_empty(input.shape[0], h0.shape[1]), torch.empty_like(h0)
 
 
-@torch.library.custom_op("fused_rnn::indrnn_backward", mutates_args=())
-def indrnn_backward(
+def _run_backward(
     grad_output: torch.Tensor,
     grad_h_n: torch.Tensor,
     input: torch.Tensor,
@@ -128,36 +125,6 @@ def indrnn_backward(
     kernel: str = "triton",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of input, h0, weight_ih, weight_hh, bias_ih, each empty unless its needs_grad entry is set."""
-    return _run_backward(
-        grad_output,
-        grad_h_n,
-        input,
-        h0,
-        weight_ih,
-        weight_hh,
-        output,
-        batch_sizes,
-        reverse,
-        nonlinearity,
-        needs_grad,
-        kernel,
-    )
-
-
-def _run_backward(
-    grad_output,
-    grad_h_n,
-    input,
-    h0,
-    weight_ih,
-    weight_hh,
-    output,
-    batch_sizes,
-    reverse,
-    nonlinearity,
-    needs_grad,
-    kernel,
-):
     with _on_device_of(input):
         grad_pre, grad_h0, grad_u = _recurrence(kernel).recurrence_backward(
             grad_output, grad_h_n, output, h0, weight_hh, batch_sizes, reverse, nonlinearity == "relu"
@@ -172,6 +139,9 @@ def _run_backward(
             grad_u if need_weight_hh else empty(),
             grad_pre.sum(0) if need_bias else empty(),
         )
+
+
+indrnn_backward = torch.library.custom_op("fused_rnn::indrnn_backward", mutates_args=())(_run_backward)
 
 
 @indrnn_backward.register_fake

@@ -48,8 +48,7 @@ def _on_device_of(tensor: torch.Tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
-@torch.library.custom_op("fused_rnn::layernorm_rnn_forward", mutates_args=())
-def layernorm_rnn_forward(
+def _run_forward(
     cell: str,
     input: torch.Tensor,
     h0: torch.Tensor,
@@ -76,28 +75,27 @@ def layernorm_rnn_forward(
         its per-row mean and 1 / std (N, 1), the gate activations (N, 4H), the normalized h W_hh^T (N, G * H), the
         cell's saved states (N, 2H or H) and the per-row 1 / std of the step's normalizations (N, 2 or 1).
     """
-    return _run_forward(
-        cell,
-        input,
-        h0,
-        c0,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        norm_ih_weight,
-        norm_hh_weight,
-        norm_c_weight,
-        norm_c_bias,
-        batch_sizes,
-        reverse,
-        save,
-    )
-
-
-def _run_forward(cell, input, *arguments):
     with _on_device_of(input):
-        return _driver().sequence_forward(cell, input, *arguments)
+        return _driver().sequence_forward(
+            cell,
+            input,
+            h0,
+            c0,
+            weight_ih,
+            weight_hh,
+            bias_ih,
+            bias_hh,
+            norm_ih_weight,
+            norm_hh_weight,
+            norm_c_weight,
+            norm_c_bias,
+            batch_sizes,
+            reverse,
+            save,
+        )
+
+
+layernorm_rnn_forward = torch.library.custom_op("fused_rnn::layernorm_rnn_forward", mutates_args=())(_run_forward)
 
 
 def forward(*arguments):
@@ -131,8 +129,7 @@ def _(
     return (input.new_empty(input.shape[0], h0.shape[1]), torch.empty_like(h0), c_n, *saved)
 
 
-@torch.library.custom_op("fused_rnn::layernorm_rnn_backward", mutates_args=())
-def layernorm_rnn_backward(
+def _run_backward(
     cell: str,
     grad_output: torch.Tensor,
     grad_h_n: torch.Tensor,
@@ -152,30 +149,29 @@ def layernorm_rnn_backward(
     needs_grad: list[bool],
 ) -> BACKWARD_OUTPUTS:
     """Gradients of the forward op's LEAVES, each empty unless its needs_grad entry is set."""
-    return _run_backward(
-        cell,
-        grad_output,
-        grad_h_n,
-        grad_c_n,
-        input,
-        h0,
-        weight_ih,
-        weight_hh,
-        norm_ih_weight,
-        norm_hh_weight,
-        norm_c_weight,
-        norm_c_bias,
-        output,
-        saved,
-        batch_sizes,
-        reverse,
-        needs_grad,
-    )
-
-
-def _run_backward(cell, grad_output, grad_h_n, grad_c_n, input, *arguments):
     with _on_device_of(input):
-        return _driver().sequence_backward(cell, grad_output, grad_h_n, grad_c_n, input, *arguments)
+        return _driver().sequence_backward(
+            cell,
+            grad_output,
+            grad_h_n,
+            grad_c_n,
+            input,
+            h0,
+            weight_ih,
+            weight_hh,
+            norm_ih_weight,
+            norm_hh_weight,
+            norm_c_weight,
+            norm_c_bias,
+            output,
+            saved,
+            batch_sizes,
+            reverse,
+            needs_grad,
+        )
+
+
+layernorm_rnn_backward = torch.library.custom_op("fused_rnn::layernorm_rnn_backward", mutates_args=())(_run_backward)
 
 
 @layernorm_rnn_backward.register_fake

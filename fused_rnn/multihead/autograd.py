@@ -32,8 +32,7 @@ def _padded(cell, tensors, like):
     return (*tensors, *(like.new_empty(0) for _ in range(4 - len(STATES[cell]))))
 
 
-@torch.library.custom_op("fused_rnn::multihead_forward", mutates_args=())
-def multihead_forward(
+def _run_forward(
     input: torch.Tensor,
     h0: torch.Tensor,
     c0: torch.Tensor | None,
@@ -63,28 +62,6 @@ def multihead_forward(
     Returns:
         output (N, H), h_n, c_n, n_n, m_n (B, H) or empty, and the saved activations (empty unless save).
     """
-    return _run_forward(
-        input,
-        h0,
-        c0,
-        n0,
-        m0,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        batch_sizes,
-        reverse,
-        cell,
-        forget_gate,
-        save,
-        kernel,
-    )
-
-
-def _run_forward(
-    input, h0, c0, n0, m0, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes, reverse, cell, forget_gate, save, kernel
-):
     with _on_device_of(input):
         output, state, saved = sequence.sequence_forward(
             cell,
@@ -101,6 +78,9 @@ def _run_forward(
             kernel,
         )
         return output, *_padded(cell, state, input), saved
+
+
+multihead_forward = torch.library.custom_op("fused_rnn::multihead_forward", mutates_args=())(_run_forward)
 
 
 def forward(
@@ -156,8 +136,7 @@ def _(
     return input.new_empty(input.shape[0], hidden), *_padded(cell, state, input), saved
 
 
-@torch.library.custom_op("fused_rnn::multihead_backward", mutates_args=())
-def multihead_backward(
+def _run_backward(
     grad_output: torch.Tensor,
     grad_h_n: torch.Tensor,
     grad_c_n: torch.Tensor | None,
@@ -191,52 +170,6 @@ def multihead_backward(
 ]:
     """Gradients of input, h0, c0, n0, m0, weight_ih, weight_hh, bias_ih, bias_hh; each empty unless its needs_grad
     entry is set (needs_grad has one entry per tensor, the states the cell has not included)."""
-    return _run_backward(
-        grad_output,
-        grad_h_n,
-        grad_c_n,
-        grad_n_n,
-        grad_m_n,
-        input,
-        h0,
-        c0,
-        n0,
-        m0,
-        weight_ih,
-        weight_hh,
-        output,
-        saved,
-        batch_sizes,
-        reverse,
-        cell,
-        forget_gate,
-        needs_grad,
-        kernel,
-    )
-
-
-def _run_backward(
-    grad_output,
-    grad_h_n,
-    grad_c_n,
-    grad_n_n,
-    grad_m_n,
-    input,
-    h0,
-    c0,
-    n0,
-    m0,
-    weight_ih,
-    weight_hh,
-    output,
-    saved,
-    batch_sizes,
-    reverse,
-    cell,
-    forget_gate,
-    needs_grad,
-    kernel,
-):
     states = len(STATES[cell])
     needed = [needs_grad[0], *needs_grad[1 : 1 + states], *needs_grad[5:]]
     with _on_device_of(input):
@@ -257,6 +190,9 @@ def _run_backward(
             kernel,
         )
     return grads[0], *_padded(cell, grads[1 : 1 + states], input), *grads[1 + states :]
+
+
+multihead_backward = torch.library.custom_op("fused_rnn::multihead_backward", mutates_args=())(_run_backward)
 
 
 @multihead_backward.register_fake
