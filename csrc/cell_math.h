@@ -33,6 +33,9 @@ struct Activations<float> {
     // x < 0 rather than fmaxf(x, 0): NaN stays NaN, as in torch.relu.
     __host__ __device__ static float relu(float x) { return x < 0.0f ? 0.0f : x; }
     __host__ __device__ static float relu_backward(float h, float dh) { return h > 0.0f ? dh : 0.0f; }
+    __host__ __device__ static float exp(float x) { return expf(x); }
+    // log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): finite for every x, where log(sigmoid(x)) underflows.
+    __host__ __device__ static float log_sigmoid(float x) { return fminf(x, 0.0f) - log1pf(expf(-fabsf(x))); }
 };
 
 template <>
@@ -41,6 +44,8 @@ struct Activations<double> {
     __host__ __device__ static double tanh(double x) { return ::tanh(x); }
     __host__ __device__ static double relu(double x) { return x < 0.0 ? 0.0 : x; }
     __host__ __device__ static double relu_backward(double h, double dh) { return h > 0.0 ? dh : 0.0; }
+    __host__ __device__ static double exp(double x) { return ::exp(x); }
+    __host__ __device__ static double log_sigmoid(double x) { return fmin(x, 0.0) - log1p(::exp(-fabs(x))); }
 };
 
 // ---------------------------------------------------------------------------------------------- LSTM
@@ -142,6 +147,81 @@ template <typename V>
 __host__ __device__ inline V rnn_backward(V h, V dh, bool relu) {
     using A = Activations<V>;
     return relu ? A::relu_backward(h, dh) : dh * (V(1) - h * h);
+}
+
+// --------------------------------------------------------------------------------------------- sLSTM
+
+// The xLSTM paper's sLSTM (Beck et al. 2024) with its stabilizer m, as fused_rnn/multihead/reference.py: scalar V
+// only (the exp and log_sigmoid of Activations<float/double>). Gate order i, f, z, o; n == 0 marks an empty state,
+// whose forget path is dropped (log f + m = -inf).
+template <typename V>
+struct SlstmGates {
+    V m;             // the new stabilizer: max(i_pre, log f + m_prev)
+    V i, f;          // the stabilized exponential gates exp(i_pre - m), exp(log f + m_prev - m)
+    bool from_input;  // whether m came from i_pre (ties included)
+};
+
+template <typename V>
+__host__ __device__ inline SlstmGates<V> slstm_gates(V pre_i, V pre_f, V n_prev, V m_prev, bool exp_forget) {
+    using A = Activations<V>;
+    SlstmGates<V> s;
+    const V log_f = exp_forget ? pre_f : A::log_sigmoid(pre_f);
+    const bool empty = n_prev == V(0);
+    const V kept = log_f + m_prev;
+    s.from_input = empty || pre_i >= kept;
+    s.m = s.from_input ? pre_i : kept;
+    s.i = A::exp(pre_i - s.m);
+    s.f = empty ? V(0) : A::exp(kept - s.m);
+    return s;
+}
+
+template <typename V>
+struct SlstmForward {
+    V c, n, m, h;
+};
+
+template <typename V>
+__host__ __device__ inline SlstmForward<V> slstm_forward(V pre_i, V pre_f, V pre_z, V pre_o, V c_prev, V n_prev,
+                                                         V m_prev, bool exp_forget) {
+    using A = Activations<V>;
+    const SlstmGates<V> g = slstm_gates(pre_i, pre_f, n_prev, m_prev, exp_forget);
+    SlstmForward<V> s;
+    s.c = g.f * c_prev + g.i * A::tanh(pre_z);
+    s.n = g.f * n_prev + g.i;
+    s.m = g.m;
+    s.h = A::sigmoid(pre_o) * s.c / s.n;
+    return s;
+}
+
+template <typename V>
+struct SlstmBackward {
+    V pre_i, pre_f, pre_z, pre_o;  // gradients of the gate pre-activations
+    V c_prev, n_prev, m_prev;      // gradients of the states this step started from
+};
+
+// dh: gradient reaching h'; dc, dn, dm: gradients reaching c', n', m' from the later steps.
+template <typename V>
+__host__ __device__ inline SlstmBackward<V> slstm_backward(V pre_i, V pre_f, V pre_z, V pre_o, V c_prev, V n_prev,
+                                                           V m_prev, V dh, V dc, V dn, V dm, bool exp_forget) {
+    using A = Activations<V>;
+    const V one(1);
+    const SlstmGates<V> g = slstm_gates(pre_i, pre_f, n_prev, m_prev, exp_forget);
+    const V z = A::tanh(pre_z), o = A::sigmoid(pre_o);
+    const V c = g.f * c_prev + g.i * z, n = g.f * n_prev + g.i;
+    const V dc_total = dc + dh * o / n;
+    const V dn_total = dn - dh * o * c / (n * n);
+    const V d_i = dc_total * z + dn_total, d_f = dc_total * c_prev + dn_total * n_prev;
+    const V dm_total = dm - d_i * g.i - d_f * g.f;
+    const V d_kept = d_f * g.f + (g.from_input ? V(0) : dm_total);  // log f + m_prev, through f and through m
+    SlstmBackward<V> d;
+    d.pre_i = d_i * g.i + (g.from_input ? dm_total : V(0));
+    d.pre_f = exp_forget ? d_kept : d_kept * A::sigmoid(-pre_f);
+    d.pre_z = dc_total * g.i * (one - z * z);
+    d.pre_o = dh * c / n * o * (one - o);
+    d.c_prev = dc_total * g.f;
+    d.n_prev = dn_total * g.f;
+    d.m_prev = d_kept;
+    return d;
 }
 
 }  // namespace fused_rnn

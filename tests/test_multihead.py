@@ -1,13 +1,14 @@
-"""The multi-head cells (sLSTM, MultiHeadLSTM, MultiHeadGRU): the Triton kernels (interpreter on CPU) and the torch
-step path against the reference; the reference against plain loops written here and against torch.nn with the
-block-diagonal weight spelled out; the stabilizer; gradcheck, double backward, torch.compile, low precision, state
-carried across calls, errors."""
+"""The multi-head cells (sLSTM, MultiHeadLSTM, MultiHeadGRU): the Triton kernels (interpreter on CPU), the compiled
+CPU kernel and the torch step path against the reference; the reference against plain loops written here and against
+torch.nn with the block-diagonal weight spelled out; the stabilizer; gradcheck, double backward, torch.compile, low
+precision, state carried across calls, errors."""
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
+from fused_rnn.backends import native
 from fused_rnn.multihead import functional
 
 from checks import DEVICE, TOLERANCE, assert_close, gradients
@@ -17,11 +18,15 @@ CELLS = ["slstm", "lstm", "gru"]
 GATES = {"lstm": 4, "gru": 3, "slstm": 4}
 STATE_NAMES = {"lstm": ["h", "c"], "gru": ["h"], "slstm": ["h", "c", "n", "m"]}
 FUSED = ["triton", "torch"]
+# With the compiled kernels (csrc/cpu/multihead.cpp): "cpu" too, in float32 and float64 on CPU tensors.
+FUSED_FP32_FP64 = [*FUSED, *(["cpu"] if DEVICE.type == "cpu" and native.unavailable() is None else [])]
 SHAPES = [  # T, B, I, num_heads, head_dim
     pytest.param(1, 1, 1, 1, 1, id="T1-B1-I1-NH1-DH1"),
     pytest.param(1, 3, 5, 2, 3, id="T1-B3-I5-NH2-DH3"),
     pytest.param(5, 1, 3, 3, 5, id="T5-B1-I3-NH3-DH5"),
     pytest.param(4, 3, 4, 1, 13, id="T4-B3-I4-NH1-DH13"),
+    # Enough work per head for the compiled kernel to give heads to both threads; head_dim past a SIMD vector.
+    pytest.param(3, 4, 6, 4, 37, id="T3-B4-I6-NH4-DH37"),
 ]
 
 
@@ -154,7 +159,7 @@ def test_reference_matches_the_plain_loop_and_torch_nn(cell, steps, batch, input
 )
 @pytest.mark.parametrize("steps, batch, input_size, heads, head_dim", SHAPES)
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", FUSED_FP32_FP64)
 def test_fused_matches_reference(backend, cell, steps, batch, input_size, heads, head_dim, reverse, dtype):
     tensors = leaves(cell, steps, batch, input_size, heads, head_dim, dtype=dtype)
     assert_match(
@@ -166,7 +171,7 @@ def test_fused_matches_reference(backend, cell, steps, batch, input_size, heads,
 
 
 @pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
-@pytest.mark.parametrize("backend", ["reference", *FUSED])
+@pytest.mark.parametrize("backend", ["reference", *FUSED_FP32_FP64])
 def test_slstm_from_the_zero_state_with_either_forget_gate(backend, forget_gate):
     """The zero state (what FlashRNN and the layer start from) takes m = i~ at the first step, so n >= 1 after it."""
     x, _, weight_ih, weight_hh, bias, _ = leaves("slstm", 4, 3, 5, 2, 3)
@@ -194,7 +199,7 @@ def test_stabilizer_leaves_h_unchanged_where_the_unstabilized_form_is_finite():
     assert_close("output", expected, output, *TOLERANCE[torch.float64])
 
 
-@pytest.mark.parametrize("backend", ["reference", *FUSED])
+@pytest.mark.parametrize("backend", ["reference", *FUSED_FP32_FP64])
 def test_stabilizer_stays_finite_where_the_unstabilized_form_overflows(backend):
     """Input-gate pre-activations of ~800 overflow exp in float64 (and ~90 in float32): the stabilized cell stays
     finite and equal to the stabilized equations."""
@@ -218,7 +223,7 @@ def test_stabilizer_stays_finite_where_the_unstabilized_form_overflows(backend):
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", FUSED_FP32_FP64)
 def test_packed(backend, cell, reverse):
     lengths = [5, 3, 3, 1]
     batch_sizes = packed_batch_sizes(lengths)
@@ -232,7 +237,7 @@ def test_packed(backend, cell, reverse):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", FUSED_FP32_FP64)
 def test_without_bias_and_without_state(backend, cell):
     x, _, weight_ih, weight_hh, _, _ = leaves(cell, 3, 2, 4, 2, 3, bias=False)
     tensors = (x, (None,) * len(STATE_NAMES[cell]), weight_ih, weight_hh, None, None)
@@ -249,7 +254,7 @@ def test_without_bias_and_without_state(backend, cell):
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded-forward", "packed-reverse"])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", FUSED_FP32_FP64)
 def test_gradcheck(backend, cell, packed):
     """Full Jacobians through the torch steps; through the Triton kernels, whose interpreter takes seconds per
     Jacobian column, gradcheck's fast mode (random projections of the Jacobian), next to the exact float64
@@ -273,7 +278,9 @@ def test_gradcheck(backend, cell, packed):
 
 
 @pytest.mark.parametrize(
-    "backend, cell", [("torch", "slstm"), ("torch", "lstm"), ("torch", "gru"), ("triton", "slstm")]
+    "backend, cell",
+    [("torch", "slstm"), ("torch", "lstm"), ("torch", "gru"), ("triton", "slstm")]
+    + [("cpu", cell) for cell in CELLS if "cpu" in FUSED_FP32_FP64],
 )
 def test_double_backward_recomputes_through_the_reference(backend, cell):
     """The recomputation is the same for every kernel; the Triton interpreter is slow, so it runs one cell there."""
@@ -349,7 +356,7 @@ def test_triton_is_deterministic():
         assert a is None and b is None or torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+@pytest.mark.parametrize("backend", [*FUSED_FP32_FP64, "reference"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_one_head_equals_torch_nn_bidirectional_two_layers_on_unsorted_packed_input(cell, backend):
     layer_type = {"lstm": (fused_rnn.MultiHeadLSTM, torch.nn.LSTM), "gru": (fused_rnn.MultiHeadGRU, torch.nn.GRU)}

@@ -23,6 +23,7 @@ SOURCES = (
     "cpu/recurrence_avx2.cpp",
     "cpu/recurrence_avx512.cpp",
     "cpu/indrnn.cpp",
+    "cpu/multihead.cpp",
 )
 CUDA_SOURCES = (
     "cuda/recurrence.cu",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fused_rnn.backends import resolve
+from fused_rnn.backends import native_cpu_unavailable, resolve
 from fused_rnn.functional import checked_state
 from fused_rnn.indrnn.functional import _checked_layout as checked_layout
 from fused_rnn.multihead import autograd, reference, sequence
@@ -17,7 +17,7 @@ from fused_rnn.multihead.reference import FORGET_GATES, GATES, STATES
 
 Tensor = torch.Tensor
 
-BACKENDS = ("auto", "triton", "torch", "reference")
+BACKENDS = ("auto", "triton", "cpu", "torch", "reference")
 # "auto" on CPU: the fused op with its pointwise step as torch ops ("torch") beat the reference (autograd through a
 # step loop) at every shape measured, forward and forward+backward (benchmarks/results/slstm_cpu.md). The Triton
 # interpreter is never picked: it is for tests.
@@ -46,6 +46,10 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, block
     fits = block_elements < 2**31
     if checked_backend(backend) == "triton":
         return resolve("triton", device, dtype, fits)  # raises, naming what is missing, when Triton cannot run here
+    if backend == "cpu":
+        reason = native_cpu_unavailable(device, dtype)
+        if reason is not None:
+            raise ValueError(f"backend='cpu' cannot run here: {reason}")
     if backend != "auto":
         return backend
     if device.type == "cuda":
@@ -118,8 +122,9 @@ def slstm(
         forget_gate: "sigmoid" (the paper's default) or "exp".
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
         reverse: run from the last time step to the first.
-        backend: "auto", "triton" (fused Triton step kernels), "torch" (the same fused op with its pointwise step as
-            torch ops; CPU's "auto") or "reference" (step by step, autograd's backward).
+        backend: "auto", "triton" (fused Triton step kernels), "cpu" (the compiled CPU kernel: the whole step loop
+            in one call), "torch" (the same fused op with its pointwise step as torch ops; CPU's "auto") or
+            "reference" (step by step, autograd's backward).
 
     Returns:
         output (T, B, H) or (N, H), and the final state (h_n, c_n, n_n, m_n), each (B, H).

@@ -5,13 +5,16 @@ Forward: the input projection of all steps is one GEMM; each step is one bmm ove
 with one pointwise kernel and one bmm per step; the input, weight and bias gradients are single GEMMs/reductions over
 all steps afterwards. No atomics, so results are deterministic.
 
-The pointwise step runs as Triton kernels (kernel="triton") or as torch ops (kernel="torch", the CPU path), with the
-same contract (fused_rnn.backends.triton.multihead.forward_step/backward_step). Rows follow fused_rnn.packing: state
-buffers hold the whole batch and each step reads and writes the prefix of rows it has active.
+The pointwise step runs as Triton kernels (kernel="triton") or as torch ops (kernel="torch"), with the same contract
+(fused_rnn.backends.triton.multihead.forward_step/backward_step). Rows follow fused_rnn.packing: state buffers hold
+the whole batch and each step reads and writes the prefix of rows it has active. On CPU, kernel="cpu" runs the whole
+step loop, the bmm and the pointwise math of every step, as one call of the compiled kernel (csrc/cpu/multihead.cpp:
+each thread walks every step for its own heads), with the same layouts; the GEMMs before and after stay here.
 """
 
 import torch
 
+from fused_rnn.backends import native
 from fused_rnn.multihead.reference import GATES
 from fused_rnn.packing import previous_hidden, time_steps
 
@@ -46,7 +49,6 @@ def sequence_forward(
 
     state: the initial (B, H) tensors STATES[cell] names; all inputs contiguous.
     """
-    steps = _steps(kernel)
     heads, _, head_dim = weight_hh.shape
     batch, hidden = state[0].shape
     acc = accumulate_dtype(input.dtype)
@@ -54,6 +56,13 @@ def sequence_forward(
         input_gates = torch.mm(input, weight_ih.t())
     else:
         input_gates = torch.addmm(bias_ih, input, weight_ih.t())
+    if kernel == "cpu":  # the whole step loop in one call of the compiled kernel
+        states = (*state, *(None,) * (4 - len(state)))
+        output, *final, saved = native.ops().multihead_recurrence_forward(
+            cell, input_gates, weight_hh, bias_hh, *states, batch_sizes, reverse, save, exp_forget
+        )
+        return output, tuple(final[: len(state)]), saved
+    steps = _steps(kernel)
     hidden_gates = input.new_empty(batch, GATES[cell] * hidden)  # head-major rows
     recurrent = weight_hh.transpose(1, 2)  # (heads, head_dim, G * head_dim)
     output = input.new_empty(input.shape[0], hidden)
@@ -99,11 +108,27 @@ def sequence_backward(
 
     grad_state: the gradients of the final state, shaped like `state`.
     """
-    steps = _steps(kernel)
     heads, _, head_dim = weight_hh.shape
     batch, hidden = state[0].shape
     gates, acc = GATES[cell], accumulate_dtype(input.dtype)
     h_prev = previous_hidden(output, state[0], batch_sizes, reverse)
+    if kernel == "cpu":  # the whole step loop in one call of the compiled kernel
+        grads = (*grad_state, *(None,) * (4 - len(grad_state)))
+        grad_input_gates, grad_hidden_gates, *state_grads = native.ops().multihead_recurrence_backward(
+            cell, grad_output, *grads, output, saved, h_prev, weight_hh, batch_sizes, reverse, exp_forget
+        )
+        return _gradients(
+            input,
+            state,
+            weight_ih,
+            weight_hh,
+            h_prev,
+            grad_input_gates,
+            grad_hidden_gates,
+            state_grads[: len(state)],
+            needs_grad,
+        )
+    steps = _steps(kernel)
     grad_input_gates = input.new_empty(output.shape[0], gates * hidden)  # gate-major
     grad_hidden_gates = torch.empty_like(grad_input_gates)  # head-major
     dh = grad_state[0].clone()
@@ -130,11 +155,23 @@ def sequence_backward(
         )
         torch.bmm(_by_head(grad_hidden_gates[rows], heads), weight_hh, out=_by_head(dh[:active], heads))
 
-    empty = lambda: input.new_empty(0)  # one per absent gradient: a custom op's outputs may not alias each other
     if cell == "gru":
         state_grads = ((dh + carried[0]).to(input.dtype),)
     else:
         state_grads = (dh, *(g.to(input.dtype) for g in carried))
+    return _gradients(
+        input, state, weight_ih, weight_hh, h_prev, grad_input_gates, grad_hidden_gates, state_grads, needs_grad
+    )
+
+
+def _gradients(
+    input, state, weight_ih, weight_hh, h_prev, grad_input_gates, grad_hidden_gates, state_grads, needs_grad
+):
+    """sequence_backward's outputs from the gate gradients of every row: the input, weight and bias gradients as
+    single GEMMs and sums."""
+    heads, rows, head_dim = weight_hh.shape[0], weight_hh.shape[1], weight_hh.shape[2]
+    gates = rows // head_dim
+    empty = lambda: input.new_empty(0)  # one per absent gradient: a custom op's outputs may not alias each other
     by_head = grad_hidden_gates.view(-1, heads, gates * head_dim)
     compute = (
         lambda: torch.mm(grad_input_gates, weight_ih),

@@ -1,0 +1,331 @@
+// The multi-head cells' recurrence on CPU: sLSTM (Beck et al. 2024) and the LSTM and GRU with a block-diagonal
+// recurrent weight of `heads` blocks (fused_rnn/multihead). The heads never see each other's state, so each thread
+// walks every step for its own heads: no barrier and no atomics. Per step and row a head's gates are its input gates
+// (one GEMM over all rows before, in Python) plus h_head W_head^T, then the cell math of csrc/cell_math.h.
+// Ops: fused_rnn_native::multihead_recurrence_forward / multihead_recurrence_backward, which run the step loop of
+// fused_rnn/multihead/sequence.py (kernel "cpu") with the layouts of its pointwise steps
+// (fused_rnn/multihead/torch_steps.py): input gates and their gradients gate-major (gate g of unit j at g * H + j),
+// the recurrent part's gradients head-major (head k's G * head_dim values together), saved activations as there.
+// float32 and float64; the math runs in the storage type.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <initializer_list>
+#include <optional>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "../cell_math.h"
+#include "../sequence.h"
+
+namespace fused_rnn {
+namespace {
+
+using at::Tensor;
+
+enum class HeadCell { lstm, gru, slstm };
+
+HeadCell head_cell(std::string_view cell) {
+    if (cell == "lstm") return HeadCell::lstm;
+    if (cell == "gru") return HeadCell::gru;
+    TORCH_CHECK(cell == "slstm", "cell must be 'lstm', 'gru' or 'slstm', got '", cell, "'");
+    return HeadCell::slstm;
+}
+
+int64_t gates_of(HeadCell cell) { return cell == HeadCell::gru ? 3 : 4; }
+int64_t saved_width(HeadCell cell) { return cell == HeadCell::lstm ? 5 : cell == HeadCell::gru ? 4 : 7; }
+
+// The sizes and the steps of one call; heads * head_dim = hidden.
+struct Shape {
+    HeadCell cell;
+    int64_t batch, hidden, heads, head_dim, gates;
+    std::vector<Step> steps;
+};
+
+Shape shape_of(std::string_view cell, const Tensor& weight_hh, const Tensor& h0, int64_t rows,
+               at::OptionalIntArrayRef batch_sizes, bool reverse) {
+    Shape shape{head_cell(cell), h0.size(0), h0.size(1), weight_hh.size(0), weight_hh.size(2), 0, {}};
+    shape.gates = gates_of(shape.cell);
+    TORCH_CHECK(weight_hh.dim() == 3 && weight_hh.size(1) == shape.gates * shape.head_dim &&
+                    shape.heads * shape.head_dim == shape.hidden,
+                "weight_hh must be (heads, gates * head_dim, head_dim) with heads * head_dim = hidden");
+    shape.steps = time_steps(rows, shape.batch, batch_sizes, reverse);
+    return shape;
+}
+
+void check(const char* name, const Tensor& t, const Tensor& like, std::initializer_list<int64_t> sizes) {
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(sizes), name, " must have shape ", at::IntArrayRef(sizes), ", got ",
+                t.sizes());
+    TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device() && t.is_contiguous(), name,
+                " must be a contiguous tensor with the input gates' dtype and device");
+}
+
+// Threads take whole heads; below this many multiply-adds per head and step, one thread does all.
+constexpr int64_t kHeadWorkPerThread = 1 << 14;
+
+template <typename Body>
+void for_each_head(const Shape& shape, const Body& body) {
+    const int64_t work = shape.batch * shape.gates * shape.head_dim * shape.head_dim;
+    at::parallel_for(0, shape.heads, std::max<int64_t>(1, kHeadWorkPerThread / std::max<int64_t>(1, work)), body);
+}
+
+// x . y in SIMD lanes (two partial sums), added in a fixed order.
+template <typename T>
+T dot(const T* x, const T* y, int64_t n) {
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t W = Vec::size();
+    Vec sums[2] = {Vec(T(0)), Vec(T(0))};
+    int64_t k = 0;
+    for (; k + 2 * W <= n; k += 2 * W) {
+        sums[0] = at::vec::fmadd(Vec::loadu(x + k), Vec::loadu(y + k), sums[0]);
+        sums[1] = at::vec::fmadd(Vec::loadu(x + k + W), Vec::loadu(y + k + W), sums[1]);
+    }
+    for (; k < n; k += W) {  // the partial loads fill the lanes past n with zeros
+        const int left = static_cast<int>(std::min<int64_t>(W, n - k));
+        sums[0] = at::vec::fmadd(Vec::loadu(x + k, left), Vec::loadu(y + k, left), sums[0]);
+    }
+    return at::vec::vec_reduce_all<T>([](Vec a, Vec b) { return a + b; }, sums[0] + sums[1]);
+}
+
+template <typename T>
+struct ForwardPointers {
+    const T *input_gates, *weight_hh, *bias_hh;
+    T *h, *c, *n, *m, *output, *saved;
+};
+
+template <typename T>
+void forward(const Shape& shape, const ForwardPointers<T>& p, bool exp_forget) {
+    const int64_t H = shape.hidden, D = shape.head_dim, G = shape.gates, SW = saved_width(shape.cell);
+    for_each_head(shape, [&](int64_t first, int64_t end) {
+        std::vector<T> recurrent(G * D);  // h_head W_head^T of one row, gate-blocked
+        for (int64_t head = first; head < end; ++head) {
+            const T* weight = p.weight_hh + head * G * D * D;
+            for (const Step step : shape.steps) {
+                for (int64_t b = 0; b < step.active; ++b) {
+                    const int64_t row = step.offset + b;
+                    T* h = p.h + b * H + head * D;  // this head's units of row b, updated in place
+                    for (int64_t r = 0; r < G * D; ++r) recurrent[r] = dot(weight + r * D, h, D);
+                    const T* xg = p.input_gates + row * G * H;
+                    T* saved = p.saved ? p.saved + row * SW * H : nullptr;
+                    for (int64_t u = 0; u < D; ++u) {
+                        const int64_t j = head * D + u;
+                        T pre[4];
+                        for (int64_t g = 0; g < G; ++g) {
+                            pre[g] = recurrent[g * D + u] + (p.bias_hh ? p.bias_hh[g * H + j] : T(0));
+                        }
+                        T h_new;
+                        if (shape.cell == HeadCell::lstm) {
+                            const T c_prev = p.c[b * H + j];
+                            const auto s = lstm_forward<T>(xg[j] + pre[0], xg[H + j] + pre[1], xg[2 * H + j] + pre[2],
+                                                           xg[3 * H + j] + pre[3], c_prev);
+                            if (saved) {
+                                const T values[5] = {s.i, s.f, s.g, s.o, c_prev};
+                                for (int k = 0; k < 5; ++k) saved[k * H + j] = values[k];
+                            }
+                            p.c[b * H + j] = s.c;
+                            h_new = s.h;
+                        } else if (shape.cell == HeadCell::gru) {
+                            const auto s = gru_forward<T>(xg[j] + pre[0], xg[H + j] + pre[1], xg[2 * H + j], pre[2], h[u]);
+                            if (saved) {
+                                const T values[4] = {s.r, s.z, s.n, pre[2]};
+                                for (int k = 0; k < 4; ++k) saved[k * H + j] = values[k];
+                            }
+                            h_new = s.h;
+                        } else {
+                            const int64_t state = b * H + j;
+                            const T pre_i = xg[j] + pre[0], pre_f = xg[H + j] + pre[1];
+                            const T pre_z = xg[2 * H + j] + pre[2], pre_o = xg[3 * H + j] + pre[3];
+                            if (saved) {
+                                const T values[7] = {pre_i, pre_f, pre_z, pre_o, p.c[state], p.n[state], p.m[state]};
+                                for (int k = 0; k < 7; ++k) saved[k * H + j] = values[k];
+                            }
+                            const auto s = slstm_forward<T>(pre_i, pre_f, pre_z, pre_o, p.c[state], p.n[state],
+                                                            p.m[state], exp_forget);
+                            p.c[state] = s.c;
+                            p.n[state] = s.n;
+                            p.m[state] = s.m;
+                            h_new = s.h;
+                        }
+                        p.output[row * H + j] = h_new;
+                    }
+                    // After every unit's gates: they read the old h.
+                    for (int64_t u = 0; u < D; ++u) h[u] = p.output[row * H + head * D + u];
+                }
+            }
+        }
+    });
+}
+
+template <typename T>
+struct BackwardPointers {
+    const T *grad_output, *output, *saved, *previous_hidden, *weight_hh;
+    T *dh, *dc, *dn, *dm;  // carried: dh (B, H) in and out; dc/dn/dm the sLSTM's and LSTM's (dc), GRU's direct part
+    T *grad_input_gates, *grad_hidden_gates;
+};
+
+template <typename T>
+void backward(const Shape& shape, const BackwardPointers<T>& p, bool exp_forget) {
+    const int64_t H = shape.hidden, D = shape.head_dim, G = shape.gates, SW = saved_width(shape.cell);
+    for_each_head(shape, [&](int64_t first, int64_t end) {
+        for (int64_t head = first; head < end; ++head) {
+            const T* weight = p.weight_hh + head * G * D * D;
+            for (auto step = shape.steps.rbegin(); step != shape.steps.rend(); ++step) {
+                for (int64_t b = 0; b < step->active; ++b) {
+                    const int64_t row = step->offset + b;
+                    const T* saved = p.saved + row * SW * H;
+                    T* dgx = p.grad_input_gates + row * G * H;
+                    T* dgh = p.grad_hidden_gates + row * G * H + head * G * D;  // head-major
+                    T* dh = p.dh + b * H + head * D;
+                    for (int64_t u = 0; u < D; ++u) {
+                        const int64_t j = head * D + u, state = b * H + j;
+                        const T d_out = dh[u] + p.grad_output[row * H + j];
+                        const auto at = [&](int k) { return saved[k * H + j]; };
+                        T grads[4], hidden_n = 0;
+                        if (shape.cell == HeadCell::lstm) {
+                            const auto d = lstm_backward<T>(at(0), at(1), at(2), at(3), at(4), d_out, p.dc[state]);
+                            const T values[4] = {d.pre_i, d.pre_f, d.pre_g, d.pre_o};
+                            for (int k = 0; k < 4; ++k) grads[k] = values[k];
+                            p.dc[state] = d.c_prev;
+                        } else if (shape.cell == HeadCell::gru) {
+                            const T d_h = d_out + p.dc[state];  // plus the part of h's gradient that skips W_hh
+                            const auto d = gru_backward<T>(at(0), at(1), at(2), at(3),
+                                                           p.previous_hidden[row * H + j], d_h);
+                            grads[0] = d.pre_r;
+                            grads[1] = d.pre_z;
+                            grads[2] = d.x_n;
+                            hidden_n = d.h_n;
+                            p.dc[state] = d.h_prev;
+                        } else {
+                            const auto d = slstm_backward<T>(at(0), at(1), at(2), at(3), at(4), at(5), at(6), d_out,
+                                                             p.dc[state], p.dn[state], p.dm[state], exp_forget);
+                            const T values[4] = {d.pre_i, d.pre_f, d.pre_z, d.pre_o};
+                            for (int k = 0; k < 4; ++k) grads[k] = values[k];
+                            p.dc[state] = d.c_prev;
+                            p.dn[state] = d.n_prev;
+                            p.dm[state] = d.m_prev;
+                        }
+                        for (int64_t g = 0; g < G; ++g) {
+                            dgx[g * H + j] = grads[g];
+                            dgh[g * D + u] = shape.cell == HeadCell::gru && g == 2 ? hidden_n : grads[g];
+                        }
+                    }
+                    // The gradient reaching this head's h at the step before: dgh_head W_head, after every unit
+                    // above has read dh.
+                    for (int64_t k = 0; k < D; ++k) dh[k] = 0;
+                    for (int64_t r = 0; r < G * D; ++r) {
+                        const T d = dgh[r];
+                        const T* w = weight + r * D;
+                        for (int64_t k = 0; k < D; ++k) dh[k] += d * w[k];
+                    }
+                }
+            }
+        }
+    });
+}
+
+template <typename T>
+T* data_or_null(const std::optional<Tensor>& t) {
+    return t && t->defined() && t->numel() ? t->data_ptr<T>() : nullptr;
+}
+
+// Returns output (N, H), the final h, c, n, m (those the cell has; others empty) and the saved activations.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multihead_recurrence_forward(
+    std::string_view cell, const Tensor& input_gates, const Tensor& weight_hh, const std::optional<Tensor>& bias_hh,
+    const Tensor& h0, const std::optional<Tensor>& c0, const std::optional<Tensor>& n0,
+    const std::optional<Tensor>& m0, at::OptionalIntArrayRef batch_sizes, bool reverse, bool save, bool exp_forget) {
+    const int64_t N = input_gates.size(0);
+    const Shape shape = shape_of(cell, weight_hh, h0, N, batch_sizes, reverse);
+    const int64_t B = shape.batch, H = shape.hidden;
+    check("input_gates", input_gates, input_gates, {N, shape.gates * H});
+    check("weight_hh", weight_hh, input_gates, {shape.heads, shape.gates * shape.head_dim, shape.head_dim});
+    check("h0", h0, input_gates, {B, H});
+    if (bias_hh) check("bias_hh", *bias_hh, input_gates, {shape.gates * H});
+    const bool has_c = shape.cell != HeadCell::gru, has_nm = shape.cell == HeadCell::slstm;
+    TORCH_CHECK(c0.has_value() == has_c && n0.has_value() == has_nm && m0.has_value() == has_nm,
+                "give c0 for the LSTM and the sLSTM, n0 and m0 for the sLSTM, and nothing else");
+    const auto carried = [&](const std::optional<Tensor>& s, const char* name) {
+        if (!s) return at::empty({0}, input_gates.options());
+        check(name, *s, input_gates, {B, H});
+        return s->clone();
+    };
+    Tensor h = h0.clone(), c = carried(c0, "c0"), n = carried(n0, "n0"), m = carried(m0, "m0");
+    Tensor output = at::empty({N, H}, input_gates.options());
+    Tensor saved = at::empty({save ? N : 0, saved_width(shape.cell) * H}, input_gates.options());
+    AT_DISPATCH_FLOATING_TYPES(input_gates.scalar_type(), "multihead_recurrence_forward", [&] {
+        const ForwardPointers<scalar_t> pointers{
+            input_gates.data_ptr<scalar_t>(), weight_hh.data_ptr<scalar_t>(), data_or_null<scalar_t>(bias_hh),
+            h.data_ptr<scalar_t>(), data_or_null<scalar_t>(c), data_or_null<scalar_t>(n), data_or_null<scalar_t>(m),
+            output.data_ptr<scalar_t>(), save ? saved.data_ptr<scalar_t>() : nullptr};
+        forward<scalar_t>(shape, pointers, exp_forget);
+    });
+    return {output, h, c, n, m, saved};
+}
+
+// Returns the gradients of the input gates (N, G * H) gate-major, of the recurrent part (N, G * H) head-major, and
+// of h0, c0, n0, m0 (those the cell has; others empty). The GRU's recurrent n block is r times the input one.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multihead_recurrence_backward(
+    std::string_view cell, const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_c_n,
+    const std::optional<Tensor>& grad_n_n, const std::optional<Tensor>& grad_m_n, const Tensor& output,
+    const Tensor& saved, const Tensor& previous_hidden, const Tensor& weight_hh, at::OptionalIntArrayRef batch_sizes,
+    bool reverse, bool exp_forget) {
+    const int64_t N = output.size(0);
+    const Shape shape = shape_of(cell, weight_hh, grad_h_n, N, batch_sizes, reverse);
+    const int64_t B = shape.batch, H = shape.hidden, G = shape.gates;
+    check("grad_output", grad_output, output, {N, H});
+    check("grad_h_n", grad_h_n, output, {B, H});
+    check("saved", saved, output, {N, saved_width(shape.cell) * H});
+    check("previous_hidden", previous_hidden, output, {N, H});
+    check("weight_hh", weight_hh, output, {shape.heads, G * shape.head_dim, shape.head_dim});
+    const bool has_c = shape.cell != HeadCell::gru, has_nm = shape.cell == HeadCell::slstm;
+    TORCH_CHECK(grad_c_n.has_value() == has_c && grad_n_n.has_value() == has_nm && grad_m_n.has_value() == has_nm,
+                "give grad_c_n for the LSTM and the sLSTM, grad_n_n and grad_m_n for the sLSTM, and nothing else");
+    const auto carried = [&](const std::optional<Tensor>& g, const char* name) {
+        if (!g) return at::empty({0}, output.options());
+        check(name, *g, output, {B, H});
+        return g->clone();
+    };
+    Tensor dh = grad_h_n.clone();
+    // The GRU carries the part of h's gradient that skips W_hh (z * dh) where the others carry dc; it starts at 0,
+    // grad_h_n being in dh.
+    Tensor dc = shape.cell == HeadCell::gru ? at::zeros({B, H}, output.options()) : carried(grad_c_n, "grad_c_n");
+    Tensor dn = carried(grad_n_n, "grad_n_n"), dm = carried(grad_m_n, "grad_m_n");
+    Tensor grad_input_gates = at::empty({N, G * H}, output.options());
+    Tensor grad_hidden_gates = at::empty({N, G * H}, output.options());
+    AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "multihead_recurrence_backward", [&] {
+        const BackwardPointers<scalar_t> pointers{
+            grad_output.data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(),
+            previous_hidden.data_ptr<scalar_t>(), weight_hh.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
+            dc.data_ptr<scalar_t>(), data_or_null<scalar_t>(dn), data_or_null<scalar_t>(dm),
+            grad_input_gates.data_ptr<scalar_t>(), grad_hidden_gates.data_ptr<scalar_t>()};
+        backward<scalar_t>(shape, pointers, exp_forget);
+    });
+    if (shape.cell == HeadCell::gru) {
+        return {grad_input_gates, grad_hidden_gates, dh.add(dc), carried(std::nullopt, ""), dn, dm};
+    }
+    return {grad_input_gates, grad_hidden_gates, dh, dc, dn, dm};
+}
+
+}  // namespace
+}  // namespace fused_rnn
+
+TORCH_LIBRARY_FRAGMENT(fused_rnn_native, m) {
+    m.def("multihead_recurrence_forward(str cell, Tensor input_gates, Tensor weight_hh, Tensor? bias_hh, Tensor h0, "
+          "Tensor? c0, Tensor? n0, Tensor? m0, int[]? batch_sizes, bool reverse, bool save, bool exp_forget) "
+          "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def("multihead_recurrence_backward(str cell, Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, "
+          "Tensor? grad_n_n, Tensor? grad_m_n, Tensor output, Tensor saved, Tensor previous_hidden, Tensor weight_hh, "
+          "int[]? batch_sizes, bool reverse, bool exp_forget) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fused_rnn_native, CPU, m) {
+    m.impl("multihead_recurrence_forward", &fused_rnn::multihead_recurrence_forward);
+    m.impl("multihead_recurrence_backward", &fused_rnn::multihead_recurrence_backward);
+}
