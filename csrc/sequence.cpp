@@ -152,12 +152,9 @@ SequenceShape sequence_shape(std::string_view cell, const Tensor& input, const T
     return shape;
 }
 
-// Zoneout's keep weights: (N, H_out + H) for the LSTM (h's, then c's), (N, H) for the GRU, in the math dtype. The
-// CPU loop runs them; the CUDA step kernels have no zoneout, so the step loop refuses them.
-void check_zoneout(const SequenceShape& shape, const std::optional<Tensor>& zoneout, const Tensor& input,
-                   bool step_loop) {
+// Zoneout's keep weights: (N, H_out + H) for the LSTM (h's, then c's), (N, H) for the GRU, in the math dtype.
+void check_zoneout(const SequenceShape& shape, const std::optional<Tensor>& zoneout, const Tensor& input) {
     if (!zoneout) return;
-    TORCH_CHECK(!step_loop, "zoneout is not supported by the CUDA step kernels (the CPU loop runs it)");
     TORCH_CHECK(shape.cell == CellKind::lstm || shape.cell == CellKind::gru, "zoneout is supported for the LSTM and ",
                 "GRU only");
     const int64_t width = shape.cell == CellKind::lstm ? shape.hidden_out + shape.hidden : shape.hidden;
@@ -285,8 +282,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     if (lstm) check_tensor("c0", *c0, input, {B, H});
     if (weight_hr) check_tensor("weight_hr", *weight_hr, input, {H_out, H});
     TORCH_CHECK(bias_ih.has_value() == bias_hh.has_value(), "bias_ih and bias_hh go together");
-    const bool step_loop = StepLoop || input.is_cuda();
-    check_zoneout(shape, zoneout, input, step_loop);
+    check_zoneout(shape, zoneout, input);
 
     std::optional<Tensor> projection_bias;
     if (bias_ih) {
@@ -315,6 +311,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     if (zoneout) tensors.zoneout = *zoneout;
 
 #ifdef FUSED_RNN_WITH_CUDA
+    const bool step_loop = StepLoop || input.is_cuda();
     if (step_loop) tensors.input_gates = input_gates_of_rows(0, N);
     const Tensor h_n = step_loop ? recurrent_forward_steps(shape, tensors)
                                  : run_forward_cpu(shape, tensors, save, input_gates_of_rows);
@@ -351,8 +348,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
         check_tensor("weight_hr", *weight_hr, input, {H_out, H});
         check_tensor("projection_input", projection_input, input, {N, H});
     }
-    const bool step_loop = StepLoop || input.is_cuda();
-    check_zoneout(shape, zoneout, input, step_loop);
+    check_zoneout(shape, zoneout, input);
 
     const auto options = input.options();
     BackwardTensors tensors;
@@ -364,6 +360,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     tensors.weight_hh = weight_hh;
     if (weight_hr) tensors.weight_hr = *weight_hr;
     // W_hh's gradient needs it, and the GRU's step-loop kernel reads it; the CPU loop finds h in place.
+    const bool step_loop = StepLoop || input.is_cuda();
     if (needs_grad.get(4) || (gru && step_loop)) tensors.previous_hidden = previous_hidden(shape, output, h0);
     tensors.grad_input_gates = at::empty({N, G * H}, options);
     // Only the GRU's gradients of the input and hidden projections differ (n = tanh(x_n + r * h_n)).

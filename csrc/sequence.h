@@ -102,14 +102,14 @@ struct ForwardTensors {
     at::Tensor cell_state;        // [B, H] math dtype: c0 on entry, c_n on exit (LSTM)
     at::Tensor output, saved;
     at::Tensor projection_input;  // [N, H] when saved for the backward, else [B, H] scratch (projected LSTM)
-    at::Tensor zoneout;           // keep weights as ForwardBuffers::zoneout; read by the CPU loop only
+    at::Tensor zoneout;           // keep weights as ForwardBuffers::zoneout (math dtype), or undefined
 };
 
 struct BackwardTensors {
     at::Tensor grad_output, grad_h_n, grad_c_n, output, saved, weight_hh, weight_hr;
     at::Tensor previous_hidden;  // [N, H_out] the h each row's step started from (read by the GRU's gate math)
     at::Tensor grad_input_gates, grad_hidden_gates, grad_projected;  // written, as in BackwardBuffers
-    at::Tensor zoneout;  // keep weights as ForwardBuffers::zoneout; read by the CPU loop only
+    at::Tensor zoneout;  // keep weights as ForwardBuffers::zoneout (math dtype), or undefined
 };
 
 // The CUDA recurrence: per step one cuBLAS GEMM (at::mm_out) and one fused step kernel on the current stream; on
