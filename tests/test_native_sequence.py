@@ -353,6 +353,22 @@ def test_zoneout_gradcheck_with_fixed_masks(cell, proj, lengths, reverse):
     assert torch.autograd.gradcheck(run, [leaves[i] for i in present], fast_mode=True)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_zoneout_double_backward_recomputes_through_the_reference_with_the_same_masks(cell):
+    """A gradient penalty through backend="cpu" with zoneout: its second derivatives equal the reference's."""
+    weights = layer_weights(cell, 2, 3)
+    x, h0, c0, _ = sequence_inputs(cell, 3, 2, 2, 3)
+    leaves = [t for t in (x, h0, c0, *weights) if t is not None]
+    results = []
+    for backend in ("cpu", "reference"):
+        torch.manual_seed(4)
+        outputs = functional.sequence(cell, x, h0, c0, *weights, None, False, backend, ZONEOUT[cell], True)
+        first = torch.autograd.grad(sum(o.square().sum() for o in outputs if o is not None), leaves, create_graph=True)
+        results.append(torch.autograd.grad(sum(g.square().sum() for g in first), leaves))
+    for index, (ours, expected) in enumerate(zip(*results, strict=True)):
+        assert_close(f"second derivative {index}", expected, ours, *TOLERANCE[torch.float64])
+
+
 def test_zoneout_keep_weights_are_checked_by_the_op():
     """A direct call of the op with keep weights of the wrong width or dtype gets an error naming them."""
     weights = layer_weights("gru", 3, 4)
