@@ -6,8 +6,10 @@ Contenders, all float32, training mode (masks drawn every call), one layer over 
 - cell_loop: what one writes in plain PyTorch: torch.nn.LSTMCell / GRUCell stepped in a Python loop, the zoneout
   masks drawn once for all steps (one torch.bernoulli), h (and c) blended with their previous values per step.
 - cell_loop_compiled: torch.compile(cell_loop, fullgraph=True) (inductor; the loop unrolls over T).
-- fused_rnn_auto: fused_rnn.LSTM / GRU(zoneout=...) with backend="auto"; on CPU that runs the reference (the
-  Triton kernels run on CPU only in the interpreter, timed below in a subprocess at the smallest shape).
+- fused_rnn_auto: fused_rnn.LSTM / GRU(zoneout=...) with backend="auto"; on CPU that runs the compiled CPU kernels
+  ("cpu", zoneout in their cell math) when the extension loads.
+- fused_rnn_reference: the same layer with backend="reference", the step-by-step PyTorch loop "auto" ran on CPU
+  before the compiled kernels had zoneout.
 - fused_rnn_triton_interpreter: the Triton kernels under TRITON_INTERPRET=1 (smallest shape only): why "auto" does
   not pick them on CPU.
 Each contender's output in evaluation mode (d = p, no randomness) is checked against the float64 reference first.
@@ -66,6 +68,17 @@ class CellLoop(torch.nn.Module):
         return torch.stack(outputs)
 
 
+class OutputOf(torch.nn.Module):
+    """A layer's output alone, as a module, so that .eval() and .parameters() reach the layer."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)[0]
+
+
 def make_layer(cell, hidden, seed=0):
     torch.manual_seed(seed)
     layer_class = fused_rnn.LSTM if cell == "lstm" else fused_rnn.GRU
@@ -74,10 +87,14 @@ def make_layer(cell, hidden, seed=0):
 
 def contenders(cell, layer):
     loop = CellLoop(cell, layer)
+    reference_layer = make_layer(cell, layer.hidden_size)
+    reference_layer.load_state_dict(layer.state_dict())
+    reference_layer.backend = "reference"
     return {
         "cell_loop": loop,
         "cell_loop_compiled": torch.compile(loop, fullgraph=True, dynamic=False),
         "fused_rnn_auto": lambda x: layer(x)[0],
+        "fused_rnn_reference": OutputOf(reference_layer),
     }
 
 
@@ -159,7 +176,11 @@ def measure(shapes, warmup, repeats) -> list[dict]:
             torch._dynamo.reset()  # every CellLoop shares one forward, whose recompilations dynamo caps
             layer = make_layer(cell, hidden)
             runs = contenders(cell, layer)
-            parameters = [*layer.parameters(), *runs["cell_loop"].parameters()]
+            parameters = [
+                *layer.parameters(),
+                *runs["cell_loop"].parameters(),
+                *runs["fused_rnn_reference"].parameters(),
+            ]
             rows += time_interleaved(cell, layer, runs, make_input(batch, steps, hidden), parameters, warmup, repeats)
     return rows
 

@@ -134,6 +134,27 @@ __host__ __device__ inline GruBackward<V> gru_backward(V r, V z, V n, V h_n, V h
     return d;
 }
 
+// ------------------------------------------------------------------------------------------- zoneout
+
+// Zoneout (Krueger et al. 2016) blends a step's new state s~ with the previous one by keep weights d per row and
+// unit (Bernoulli masks in training, the probability in evaluation): s' = d * s + (1 - d) * s~. The LSTM zones h
+// and c apart, h~ = o * tanh(c~) still reads the unzoned c~ (fused_rnn/reference.py).
+template <typename V>
+__host__ __device__ inline V zoneout_forward(V keep, V previous, V fresh) {
+    return keep * previous + (V(1) - keep) * fresh;
+}
+
+template <typename V>
+struct ZoneoutBackward {
+    V kept;   // d * ds': reaches the previous state directly
+    V fresh;  // (1 - d) * ds': reaches the cell math's s~
+};
+
+template <typename V>
+__host__ __device__ inline ZoneoutBackward<V> zoneout_backward(V keep, V grad) {
+    return {keep * grad, (V(1) - keep) * grad};
+}
+
 // ----------------------------------------------------------------------------------------------- RNN
 
 template <typename V>

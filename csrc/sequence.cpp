@@ -152,6 +152,15 @@ SequenceShape sequence_shape(std::string_view cell, const Tensor& input, const T
     return shape;
 }
 
+// Zoneout's keep weights: (N, H_out + H) for the LSTM (h's, then c's), (N, H) for the GRU, in the math dtype.
+void check_zoneout(const SequenceShape& shape, const std::optional<Tensor>& zoneout, const Tensor& input) {
+    if (!zoneout) return;
+    TORCH_CHECK(shape.cell == CellKind::lstm || shape.cell == CellKind::gru, "zoneout is supported for the LSTM and ",
+                "GRU only");
+    const int64_t width = shape.cell == CellKind::lstm ? shape.hidden_out + shape.hidden : shape.hidden;
+    check_tensor("zoneout", *zoneout, input, {input.size(0), width}, math_dtype(input));
+}
+
 // Whether every step has all B rows (padded input): then the rows a step reads and writes are plain slices, and
 // no row index has to be built on the host and copied to a GPU on every call.
 bool every_step_full(const SequenceShape& shape) {
@@ -222,6 +231,7 @@ Tensor run_forward_cpu(const SequenceShape& shape, const ForwardTensors& tensors
         buffers.saved = pointer(tensors.saved);
         buffers.projection_input = pointer(tensors.projection_input);
         buffers.projection_input_per_row = save;
+        buffers.zoneout = pointer(tensors.zoneout);
         recurrent_forward_cpu<scalar_t>(shape, buffers);
     });
     return final_hidden(shape, tensors.output);
@@ -246,6 +256,7 @@ std::tuple<Tensor, Tensor> run_backward_cpu(const SequenceShape& shape, const Ba
         buffers.grad_input_gates = pointer(tensors.grad_input_gates);
         buffers.grad_hidden_gates = pointer(tensors.grad_hidden_gates);
         buffers.grad_projected = pointer(tensors.grad_projected);
+        buffers.zoneout = pointer(tensors.zoneout);
         recurrent_backward_cpu<scalar_t>(shape, buffers);
     });
     return {grad_h, grad_c};
@@ -258,7 +269,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     std::string_view cell, const Tensor& input, const Tensor& h0, const std::optional<Tensor>& c0,
     const Tensor& weight_ih, const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, const std::optional<Tensor>& weight_hr,
-    at::OptionalIntArrayRef batch_sizes, bool reverse, bool save) {
+    at::OptionalIntArrayRef batch_sizes, bool reverse, bool save, const std::optional<Tensor>& zoneout) {
     const SequenceShape shape = sequence_shape(cell, input, h0, weight_hh, weight_hr, batch_sizes, reverse);
     const int64_t N = input.size(0), B = shape.batch, H = shape.hidden, H_out = shape.hidden_out;
     const int64_t G = shape.gates;
@@ -271,6 +282,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     if (lstm) check_tensor("c0", *c0, input, {B, H});
     if (weight_hr) check_tensor("weight_hr", *weight_hr, input, {H_out, H});
     TORCH_CHECK(bias_ih.has_value() == bias_hh.has_value(), "bias_ih and bias_hh go together");
+    check_zoneout(shape, zoneout, input);
 
     std::optional<Tensor> projection_bias;
     if (bias_ih) {
@@ -296,6 +308,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_forward(
     tensors.output = at::empty({N, H_out}, options);
     tensors.saved = at::empty({save && shape.saved_width ? N : 0, shape.saved_width * H}, math_options);
     tensors.projection_input = at::empty({weight_hr ? (save ? N : B) : 0, H}, options);
+    if (zoneout) tensors.zoneout = *zoneout;
 
 #ifdef FUSED_RNN_WITH_CUDA
     const bool step_loop = StepLoop || input.is_cuda();
@@ -316,7 +329,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     std::string_view cell, const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_c_n,
     const Tensor& input, const Tensor& h0, const std::optional<Tensor>& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& weight_hr, const Tensor& output, const Tensor& saved,
-    const Tensor& projection_input, at::OptionalIntArrayRef batch_sizes, bool reverse, const c10::List<bool>& needs_grad) {
+    const Tensor& projection_input, at::OptionalIntArrayRef batch_sizes, bool reverse, const c10::List<bool>& needs_grad,
+    const std::optional<Tensor>& zoneout) {
     const SequenceShape shape = sequence_shape(cell, input, h0, weight_hh, weight_hr, batch_sizes, reverse);
     const int64_t N = input.size(0), B = shape.batch, H = shape.hidden, H_out = shape.hidden_out;
     const int64_t G = shape.gates;
@@ -334,6 +348,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
         check_tensor("weight_hr", *weight_hr, input, {H_out, H});
         check_tensor("projection_input", projection_input, input, {N, H});
     }
+    check_zoneout(shape, zoneout, input);
 
     const auto options = input.options();
     BackwardTensors tensors;
@@ -351,6 +366,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     // Only the GRU's gradients of the input and hidden projections differ (n = tanh(x_n + r * h_n)).
     tensors.grad_hidden_gates = gru ? at::empty({N, G * H}, options) : tensors.grad_input_gates;
     if (weight_hr) tensors.grad_projected = at::empty({N, H_out}, options);
+    if (zoneout) tensors.zoneout = *zoneout;
 
 #ifdef FUSED_RNN_WITH_CUDA
     const auto [grad_h0, grad_c0] =
@@ -382,12 +398,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
 namespace {
 constexpr const char* kForwardSignature =
     "(str cell, Tensor input, Tensor h0, Tensor? c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-    "Tensor? bias_hh, Tensor? weight_hr, int[]? batch_sizes, bool reverse, bool save) "
+    "Tensor? bias_hh, Tensor? weight_hr, int[]? batch_sizes, bool reverse, bool save, Tensor? zoneout=None) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 constexpr const char* kBackwardSignature =
     "(str cell, Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, Tensor? c0, "
     "Tensor weight_ih, Tensor weight_hh, Tensor? weight_hr, Tensor output, Tensor saved, Tensor projection_input, "
-    "int[]? batch_sizes, bool reverse, bool[] needs_grad) "
+    "int[]? batch_sizes, bool reverse, bool[] needs_grad, Tensor? zoneout=None) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
 }  // namespace
 

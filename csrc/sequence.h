@@ -65,6 +65,8 @@ struct ForwardBuffers {
     // Projected LSTM: h' before the projection, [N, H] when saved for the backward, else [B, H] scratch.
     scalar_t* projection_input;
     bool projection_input_per_row;
+    // Zoneout's keep weights, [N, H_out + H] for the LSTM (h's, then c's), [N, H] for the GRU; null without zoneout.
+    const scalar_t* zoneout;
 };
 
 template <typename scalar_t>
@@ -80,6 +82,7 @@ struct BackwardBuffers {
     scalar_t* grad_input_gates;   // [N, G*H] gradient of x W_ih^T + b_ih
     scalar_t* grad_hidden_gates;  // [N, G*H] gradient of h W_hh^T + b_hh: the same buffer except for the GRU
     scalar_t* grad_projected;     // [N, P] gradient of the projected output, or null
+    const scalar_t* zoneout;      // as ForwardBuffers::zoneout
 };
 
 // The CPU recurrence: one parallel region for all steps (csrc/cpu/recurrence.h), compiled for AVX2 and AVX-512;
@@ -99,12 +102,14 @@ struct ForwardTensors {
     at::Tensor cell_state;        // [B, H] math dtype: c0 on entry, c_n on exit (LSTM)
     at::Tensor output, saved;
     at::Tensor projection_input;  // [N, H] when saved for the backward, else [B, H] scratch (projected LSTM)
+    at::Tensor zoneout;           // keep weights as ForwardBuffers::zoneout (math dtype), or undefined
 };
 
 struct BackwardTensors {
     at::Tensor grad_output, grad_h_n, grad_c_n, output, saved, weight_hh, weight_hr;
     at::Tensor previous_hidden;  // [N, H_out] the h each row's step started from (read by the GRU's gate math)
     at::Tensor grad_input_gates, grad_hidden_gates, grad_projected;  // written, as in BackwardBuffers
+    at::Tensor zoneout;  // keep weights as ForwardBuffers::zoneout (math dtype), or undefined
 };
 
 // The CUDA recurrence: per step one cuBLAS GEMM (at::mm_out) and one fused step kernel on the current stream; on

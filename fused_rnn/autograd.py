@@ -69,7 +69,7 @@ def _run_forward(
         save: keep what the backward needs.
         backend: whose driver runs it, "triton", "cpu" / "cuda" (the compiled kernels of csrc/) or "persistent".
         zoneout: keep weights (N, H_out + H) for the LSTM, (N, H) for the GRU (see fused_rnn.reference.sequence),
-            or None; only the Triton driver takes them.
+            or None; every driver but the persistent kernels' takes them.
 
     Returns:
         output (N, H_out), h_n (B, H_out), c_n (B, H) or empty, then the saved activations and the

@@ -46,9 +46,10 @@ ZONEOUT_DOC = """
     from torch's default generator (torch.manual_seed reproduces them; torch.compile's inductor may draw its own
     random numbers; torch._inductor.config.fallback_random = True keeps eager's); packed input gets one mask row per
     packed row. Runs on backend "triton" (the kernels read the masks; with proj_size h is zoned after the W_hr GEMM,
-    which runs outside the kernels) and "reference";
-    "auto" picks Triton on CUDA and the reference on CPU; the other backends refuse it. zoneout=0 (the default)
-    runs exactly what the layer runs without it.
+    which runs outside the kernels), "cpu" and "cuda" (the compiled kernels zone in their cell math, with proj_size h
+    after their W_hr product) and "reference"; "auto" picks Triton on CUDA and "cpu" on CPU (the reference where those
+    cannot run, e.g. float16 on CPU or without the compiled extension); "torch" and "persistent" refuse it. zoneout=0
+    (the default) runs exactly what the layer runs without it.
 
     haste's `zoneout` (haste_pytorch.LSTM/GRU) takes one rate and applies it to h only, with masks drawn as
     Bernoulli(1 - p) over (T, B, H) (1 = update) and, in eval mode, the same expectation as here; its LSTM equals

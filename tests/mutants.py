@@ -353,6 +353,34 @@ MUTANTS = [
         "        _, h_n = self.rnn(inputs * torch.tensor([1.0, 0.0], device=inputs.device))",
         ("tests/test_adding_problem_example.py",),
     ),
+    Mutant(
+        "CPU zoneout: the LSTM's h not zoned",
+        "csrc/cpu/recurrence.h",
+        "                                if (!shape.projected) {\n",
+        "                                if (false) {\n",
+        ("tests/test_native_sequence.py::test_zoneout_matches_the_plain_loop",),
+    ),
+    Mutant(
+        "CPU zoneout backward: W_hh's product overwrites the LSTM's kept share of dh",
+        "csrc/cpu/recurrence.h",
+        "const bool direct = C == CellKind::gru || (C == CellKind::lstm && buf.zoneout);",
+        "const bool direct = C == CellKind::gru;",
+        ("tests/test_native_sequence.py::test_zoneout_matches_the_plain_loop",),
+    ),
+    Mutant(
+        "CPU zoneout backward: the GRU's kept share lost",
+        "csrc/cpu/recurrence.h",
+        "(keep ? d.h_prev + dh_kept : d.h_prev).store(",
+        "d.h_prev.store(",
+        ("tests/test_native_sequence.py::test_zoneout_gradcheck_with_fixed_masks",),
+    ),
+    Mutant(
+        "zoneout backward: kept and fresh shares swapped (shared math)",
+        "csrc/cell_math.h",
+        "    return {keep * grad, (V(1) - keep) * grad};",
+        "    return {(V(1) - keep) * grad, keep * grad};",
+        ("tests/test_native_sequence.py::test_zoneout_gradcheck_with_fixed_masks",),
+    ),
 ]
 
 

@@ -98,23 +98,36 @@ STEP_LOOP_CASES = [  # cell, T, B, I, H, proj, packed lengths, reverse
 ]
 
 
-@pytest.mark.parametrize("cell, steps, batch, input_size, hidden, proj, lengths, reverse", STEP_LOOP_CASES)
-def test_cuda_step_loop_matches_the_cpu_kernels(cell, steps, batch, input_size, hidden, proj, lengths, reverse):
-    """The CUDA path's C++ loop (per-step GEMMs, step bodies, carries, packed rows, projection) with its kernels'
-    bodies run on the host, against the CPU kernels (tested against the reference): every output, the saved
-    activations in the same layout, and every gradient, in float64."""
+@pytest.mark.parametrize(
+    "cell, steps, batch, input_size, hidden, proj, lengths, reverse, zoned",
+    [
+        *(pytest.param(*case.values, False, id=case.id) for case in STEP_LOOP_CASES),
+        *(
+            pytest.param(*case.values, True, id=f"{case.id}-zoneout")
+            for case in STEP_LOOP_CASES
+            if case.values[0] in ("lstm", "gru")
+        ),
+    ],
+)
+def test_cuda_step_loop_matches_the_cpu_kernels(cell, steps, batch, input_size, hidden, proj, lengths, reverse, zoned):
+    """The CUDA path's C++ loop (per-step GEMMs, step bodies, carries, packed rows, projection, zoneout) with its
+    kernels' bodies run on the host, against the CPU kernels (tested against the reference): every output, the saved
+    activations in the same layout, and every gradient, in float64. Zoneout's keep weights are uniform in [0, 1)
+    rather than masks, so that every term of the blend counts."""
     ops = native.ops()
     weights = [w.detach() if w is not None else None for w in layer_weights(cell, input_size, hidden, proj=proj)]
     x, h0, c0, batch_sizes = sequence_inputs(cell, steps, batch, input_size, hidden, proj=proj, lengths=lengths)
     rows, h0 = x.detach().reshape(-1, input_size), h0.detach()
     c0 = c0.detach() if c0 is not None else None
     weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights
+    width = (proj or hidden) + hidden if cell == "lstm" else hidden
+    zoneout = {"zoneout": torch.rand(rows.shape[0], width, dtype=rows.dtype)} if zoned else {}
     results = {}
     for name, forward, backward in [
         ("cpu", ops.sequence_forward, ops.sequence_backward),
         ("step loop", ops.sequence_forward_step_loop, ops.sequence_backward_step_loop),
     ]:
-        outputs = forward(cell, rows, h0, c0, *weights, batch_sizes, reverse, True)
+        outputs = forward(cell, rows, h0, c0, *weights, batch_sizes, reverse, True, **zoneout)
         output, h_n, c_n, saved, projection_input = outputs
         generator = torch.Generator().manual_seed(1)
         grad_output, grad_h_n, grad_c_n = (
@@ -137,6 +150,7 @@ def test_cuda_step_loop_matches_the_cpu_kernels(cell, steps, batch, input_size, 
             batch_sizes,
             reverse,
             [True, True, c0 is not None, True, True, bias_ih is not None, bias_hh is not None, weight_hr is not None],
+            **zoneout,
         )
         results[name] = [*outputs, *grads]
     names = ["output", "h_n", "c_n", "saved", "projection_input", *(f"grad {n}" for n in NAMES)]

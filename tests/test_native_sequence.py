@@ -234,3 +234,148 @@ def test_unsupported_dtype_is_refused_by_name():
     weights = [w.detach().bfloat16() for w in layer_weights("gru", 3, 4)[:4]]
     with pytest.raises(ValueError, match=r"backend='cpu' cannot run here: dtype torch.bfloat16"):
         functional.gru(torch.randn(2, 1, 3, dtype=torch.bfloat16), None, *weights, backend="cpu")
+
+
+# ---------------------------------------------------------------------------------------------------- zoneout
+# Here rather than in test_zoneout.py so that the AVX2 child above runs them too.
+
+ZONEOUT = {"lstm": (0.3, 0.6), "gru": 0.4}  # the LSTM's h and c at different rates
+
+
+def zoned_results(cell, inputs, weights, batch_sizes, reverse, training, dtype, seed=3):
+    """(outputs, gradients) of backend="cpu" with zoneout, then of the oracle with the same masks: in float64 the plain
+    loop of Krueger et al.'s equations (tests/test_zoneout.py), in float32 the reference in float32."""
+    from test_zoneout import masks_as_the_docstring_says, plain_loop
+
+    x, h0, c0 = inputs
+    leaves = [x, h0, c0, *weights]
+    torch.manual_seed(seed)
+    ours = functional.sequence(cell, x, h0, c0, *weights, batch_sizes, reverse, "cpu", ZONEOUT[cell], training)
+    torch.manual_seed(seed)
+    if dtype == torch.float32:
+        expected = functional.sequence(
+            cell, x, h0, c0, *weights, batch_sizes, reverse, "reference", ZONEOUT[cell], training
+        )
+    else:
+        hidden = weights[1].shape[0] // (4 if cell == "lstm" else 3)
+        weight_hr = weights[4]
+        masks = masks_as_the_docstring_says(
+            cell, ZONEOUT[cell], x.reshape(-1, x.shape[-1]).shape[0], hidden, training, dtype, hidden_out=h0.shape[1]
+        )
+        expected = plain_loop(cell, x, h0, c0, *weights[:4], masks, batch_sizes, weight_hr, reverse)
+    return (ours, gradients(ours, leaves)), (expected, gradients(expected, leaves))
+
+
+ZONEOUT_SHAPES = [  # T, B, I, H
+    (1, 1, 2, 5),
+    (4, 3, 4, 13),
+    (5, 1, 3, 33),
+    (3, 13, 16, 203),  # B*G*H*H >= 32768: both threads run, with partial SIMD blocks and register tiles
+]
+ZONEOUT_CASES = [  # cell, T, B, I, H, P (0: no projection)
+    *[
+        pytest.param(cell, *shape, 0, id=f"{cell}-T{shape[0]}-B{shape[1]}-H{shape[3]}")
+        for cell in ("lstm", "gru")
+        for shape in ZONEOUT_SHAPES
+    ],
+    pytest.param("lstm", 1, 2, 3, 5, 1, id="lstm-T1-B2-H5-P1"),
+    pytest.param("lstm", 4, 3, 4, 13, 5, id="lstm-T4-B3-H13-P5"),
+    pytest.param("lstm", 3, 17, 5, 70, 37, id="lstm-T3-B17-H70-P37"),  # several threads and blocks of P
+]
+
+
+@pytest.mark.parametrize(
+    "dtype, training",
+    [(torch.float64, True), (torch.float64, False), (torch.float32, True)],
+    ids=["fp64-train", "fp64-eval", "fp32-train"],
+)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell, steps, batch, input_size, hidden, proj", ZONEOUT_CASES)
+def test_zoneout_matches_the_plain_loop(cell, steps, batch, input_size, hidden, proj, reverse, training, dtype):
+    weights = layer_weights(cell, input_size, hidden, proj=proj, dtype=dtype)
+    x, h0, c0, _ = sequence_inputs(cell, steps, batch, input_size, hidden, proj=proj, dtype=dtype)
+    assert_match(zoned_results(cell, (x, h0, c0), weights, None, reverse, training, dtype), dtype)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(
+    "cell, lengths, hidden, proj",
+    [
+        ("lstm", [5, 3, 3, 1], 7, 0),
+        ("gru", [5, 3, 3, 1], 7, 0),
+        ("lstm", [6, 6, 5, 4, 4, 2, 2, 2, 1, 1, 1, 1, 1], 90, 0),
+        ("gru", [6, 6, 5, 4, 4, 2, 2, 2, 1, 1, 1, 1, 1], 90, 0),
+        ("lstm", [6, 5, 4, 2, 1], 7, 3),
+    ],
+    ids=["lstm-5-3-3-1", "gru-5-3-3-1", "lstm-13-sequences-H90", "gru-13-sequences-H90", "lstm-P3"],
+)
+def test_zoneout_on_packed_rows_matches_the_plain_loop(cell, lengths, hidden, proj, reverse):
+    weights = layer_weights(cell, 4, hidden, proj=proj)
+    x, h0, c0, batch_sizes = sequence_inputs(cell, None, len(lengths), 4, hidden, proj=proj, lengths=lengths)
+    assert_match(zoned_results(cell, (x, h0, c0), weights, batch_sizes, reverse, True, torch.float64), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize(
+    "cell, hidden, proj", [("lstm", 183, 0), ("lstm", 200, 190), ("gru", 211, 0)], ids=["lstm", "lstm-proj", "gru"]
+)
+def test_zoneout_with_one_row_reading_large_weights_in_place(cell, hidden, proj, dtype):
+    """B = 1 with W_hh of 512 KiB or more (in float32 already): the forward's in-place path zones too."""
+    weights = layer_weights(cell, 5, hidden, proj=proj, dtype=dtype)
+    x, h0, c0, _ = sequence_inputs(cell, 3, 1, 5, hidden, proj=proj, dtype=dtype)
+    assert_match(zoned_results(cell, (x, h0, c0), weights, None, False, True, dtype), dtype)
+
+
+@pytest.mark.parametrize(
+    "cell, proj, lengths, reverse",
+    [
+        pytest.param("lstm", 0, [3, 2], True, id="lstm-packed-reverse"),
+        pytest.param("lstm", 2, [3, 2], False, id="lstm-proj-packed"),
+        pytest.param("gru", 0, None, False, id="gru"),
+        pytest.param("gru", 0, [3, 1], True, id="gru-packed-reverse"),
+    ],
+)
+def test_zoneout_gradcheck_with_fixed_masks(cell, proj, lengths, reverse):
+    """float64 finite differences; re-seeding inside the function fixes the masks."""
+    weights = layer_weights(cell, 2, 3, proj=proj)
+    x, h0, c0, batch_sizes = sequence_inputs(cell, 3, 2, 2, 3, proj=proj, lengths=lengths)
+    leaves = [x, h0, c0, *weights]
+    present = [i for i, t in enumerate(leaves) if t is not None]
+
+    def run(*inputs):
+        full = list(leaves)
+        for index, t in zip(present, inputs):
+            full[index] = t
+        torch.manual_seed(4)
+        outputs = functional.sequence(cell, *full, batch_sizes, reverse, "cpu", ZONEOUT[cell], True)
+        return tuple(o for o in outputs if o is not None)
+
+    assert torch.autograd.gradcheck(run, [leaves[i] for i in present], fast_mode=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_zoneout_double_backward_recomputes_through_the_reference_with_the_same_masks(cell):
+    """A gradient penalty through backend="cpu" with zoneout: its second derivatives equal the reference's."""
+    weights = layer_weights(cell, 2, 3)
+    x, h0, c0, _ = sequence_inputs(cell, 3, 2, 2, 3)
+    leaves = [t for t in (x, h0, c0, *weights) if t is not None]
+    results = []
+    for backend in ("cpu", "reference"):
+        torch.manual_seed(4)
+        outputs = functional.sequence(cell, x, h0, c0, *weights, None, False, backend, ZONEOUT[cell], True)
+        first = torch.autograd.grad(sum(o.square().sum() for o in outputs if o is not None), leaves, create_graph=True)
+        results.append(torch.autograd.grad(sum(g.square().sum() for g in first), leaves))
+    for index, (ours, expected) in enumerate(zip(*results, strict=True)):
+        assert_close(f"second derivative {index}", expected, ours, *TOLERANCE[torch.float64])
+
+
+def test_zoneout_keep_weights_are_checked_by_the_op():
+    """A direct call of the op with keep weights of the wrong width or dtype gets an error naming them."""
+    weights = layer_weights("gru", 3, 4)
+    x, h0, _, _ = sequence_inputs("gru", 2, 1, 3, 4)
+    rows = x.detach().reshape(-1, 3)
+    arguments = ("gru", rows, h0.detach(), None, *[w.detach() for w in weights[:4]], None, None, False, False)
+    with pytest.raises(RuntimeError, match=r"zoneout must have shape \[2, 4\]"):
+        native.ops().sequence_forward(*arguments, zoneout=torch.zeros(2, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="zoneout must have dtype Double"):
+        native.ops().sequence_forward(*arguments, zoneout=torch.zeros(2, 4))

@@ -503,13 +503,18 @@ def test_compile_fullgraph_matches_eager_without_graph_breaks(backend):
         assert_close(f"grad {index}", e, c, atol, rtol)
 
 
-def test_auto_picks_triton_on_cuda_and_the_reference_on_cpu():
-    from fused_rnn.backends import Workload, resolve
+def test_auto_picks_triton_on_cuda_and_the_compiled_kernels_on_cpu():
+    from fused_rnn.backends import Workload, native_cpu_unavailable, resolve
 
     zoned = Workload("lstm", 4, False, True, 8, False, True)
     projected = zoned._replace(projected=True)
-    assert resolve("auto", torch.device("cpu"), torch.float32, True, zoned) == "reference"
-    assert resolve("auto", torch.device("cpu"), torch.float32, True, projected) == "reference"
+    gru = zoned._replace(cell="gru")
+    on_cpu = "cpu" if native_cpu_unavailable(torch.device("cpu"), torch.float32) is None else "reference"
+    for dtype in (torch.float32, torch.float64):
+        for workload in (zoned, projected, gru):
+            assert resolve("auto", torch.device("cpu"), dtype, True, workload) == on_cpu
+    # The compiled CPU kernels run float32 and float64 only.
+    assert resolve("auto", torch.device("cpu"), torch.bfloat16, True, zoned) == "reference"
     assert resolve("auto", torch.device("cpu"), torch.float32, True, zoned._replace(zoneout=False)) != "reference"
     if torch.cuda.is_available():
         assert resolve("auto", torch.device("cuda"), torch.float32, True, zoned) == "triton"
@@ -543,9 +548,11 @@ def test_bad_input_is_rejected_with_named_errors():
         )
     with pytest.raises(TypeError, match="unexpected keyword argument 'zoneout'"):
         fused_rnn.RNNCell(4, 5, zoneout=0.1)
-    for backend in ("torch", "cpu", "cuda", "persistent"):
+    for backend in ("torch", "persistent"):
         with pytest.raises(ValueError, match=f"backend='{backend}' cannot run zoneout"):
             fused_rnn.GRU(4, 5, zoneout=0.1, backend=backend)(x)
+    with pytest.raises(ValueError, match="backend='cpu' cannot run this zoneout call: dtype torch.bfloat16"):
+        fused_rnn.GRU(4, 5, zoneout=0.1, backend="cpu").bfloat16()(x.bfloat16())
     for backend in ("auto", "triton", "reference"):  # h is zoned after the projection: P units
         output, (h_n, c_n) = fused_rnn.LSTM(4, 5, proj_size=3, zoneout=0.1, backend=backend).to(DEVICE)(x.to(DEVICE))
         assert output.shape == (2, 3, 3) and h_n.shape == (1, 3, 3) and c_n.shape == (1, 3, 5)

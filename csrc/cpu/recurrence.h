@@ -8,7 +8,9 @@
 //   per-step product is a register-tiled GEMM over rows of h with unit-stride panel loads;
 // - the GEMM's accumulators feed the shared cell math (csrc/cell_math.h) in registers, vectorized with
 //   at::vec::Vectorized, and h' goes straight into the output rows;
-// - one barrier per step (two with an LSTM projection, whose GEMM needs every unit of h' first).
+// - one barrier per step (two with an LSTM projection, whose GEMM needs every unit of h' first);
+// - zoneout (LSTM, GRU) blends each new state with the previous one in the same epilogue (a projected h in the W_hr
+//   product's), and its backward splits the carried gradients there: no extra pass over memory.
 // No atomics, and every sum runs in a fixed order: results do not depend on the thread count's timing.
 #pragma once
 
@@ -219,6 +221,7 @@ void forward(const SequenceShape& shape, const ForwardBuffers<T>& buf) {
     const int64_t unit_blocks = blocks_of(H, U), out_blocks = blocks_of(H_out, U);
     const int64_t steps = static_cast<int64_t>(shape.steps.size());
     const bool in_place = weights_in_place<T>(shape);
+    const int64_t zoneout_width = C == CellKind::lstm ? H_out + H : H;
     std::vector<T> hh_panels(in_place ? 0 : unit_blocks * H_out * G * U);
     std::vector<T> hr_panels(shape.projected && !in_place ? out_blocks * H * U : 0);
     const bool parallel = B * G * H * H_out >= kParallelMinStepWork;
@@ -259,14 +262,24 @@ void forward(const SequenceShape& shape, const ForwardBuffers<T>& buf) {
                         const int64_t row = step.offset + b;
                         const T* xg = gates.data + (row - gates.first_row) * G * H + u0;
                         T* saved = buf.saved ? buf.saved + row * SW * H + u0 : nullptr;
+                        const T* keep = buf.zoneout ? buf.zoneout + row * zoneout_width + u0 : nullptr;
                         if constexpr (C == CellKind::lstm) {
                             T* c = buf.cell_state + b * H + u0;
                             const Vec c_prev = Vec::loadu(c, count);
                             const auto s = lstm_forward<Vec>(
                                 acc[0] + Vec::loadu(xg, count), acc[1] + Vec::loadu(xg + H, count),
                                 acc[2] + Vec::loadu(xg + 2 * H, count), acc[3] + Vec::loadu(xg + 3 * H, count), c_prev);
-                            s.c.store(c, count);
-                            s.h.store(h_dest(b) + u0, count);
+                            Vec c_new = s.c, h_new = s.h;
+                            if (keep) {
+                                c_new = zoneout_forward<Vec>(Vec::loadu(keep + H_out, count), c_prev, c_new);
+                                // A projected h is zoned after its GEMM, below; h_dest is then the GEMM's input.
+                                if (!shape.projected) {
+                                    h_new = zoneout_forward<Vec>(Vec::loadu(keep, count),
+                                                                 Vec::loadu(h_prev(b) + u0, count), h_new);
+                                }
+                            }
+                            c_new.store(c, count);
+                            h_new.store(h_dest(b) + u0, count);
                             if (saved) {
                                 s.i.store(saved, count);
                                 s.f.store(saved + H, count);
@@ -277,11 +290,13 @@ void forward(const SequenceShape& shape, const ForwardBuffers<T>& buf) {
                         } else if constexpr (C == CellKind::gru) {
                             Vec h_n = acc[2];
                             if (buf.bias_hn) h_n = h_n + Vec::loadu(buf.bias_hn + u0, count);
+                            const Vec previous_h = Vec::loadu(h_prev(b) + u0, count);
                             const auto s = gru_forward<Vec>(acc[0] + Vec::loadu(xg, count),
                                                             acc[1] + Vec::loadu(xg + H, count),
-                                                            Vec::loadu(xg + 2 * H, count), h_n,
-                                                            Vec::loadu(h_prev(b) + u0, count));
-                            s.h.store(h_dest(b) + u0, count);
+                                                            Vec::loadu(xg + 2 * H, count), h_n, previous_h);
+                            const Vec h_new =
+                                keep ? zoneout_forward<Vec>(Vec::loadu(keep, count), previous_h, s.h) : s.h;
+                            h_new.store(h_dest(b) + u0, count);
                             if (saved) {
                                 s.r.store(saved, count);
                                 s.z.store(saved + H, count);
@@ -307,7 +322,13 @@ void forward(const SequenceShape& shape, const ForwardBuffers<T>& buf) {
                         const int64_t p0 = j * U;
                         const int count = static_cast<int>(std::min<int64_t>(U, H_out - p0));
                         const auto store = [&](int64_t b, const Vec* acc) {
-                            acc[0].store(buf.output + (step.offset + b) * H_out + p0, count);
+                            const int64_t row = step.offset + b;
+                            Vec h_new = acc[0];
+                            if (buf.zoneout) {
+                                h_new = zoneout_forward<Vec>(Vec::loadu(buf.zoneout + row * zoneout_width + p0, count),
+                                                             Vec::loadu(h_prev(b) + p0, count), h_new);
+                            }
+                            h_new.store(buf.output + row * H_out + p0, count);
                         };
                         if (in_place) {
                             Vec acc[1];
@@ -335,6 +356,7 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
     const int64_t B = shape.batch, H = shape.hidden, H_out = shape.hidden_out, SW = shape.saved_width;
     const int64_t unit_blocks = blocks_of(H, U), out_blocks = blocks_of(H_out, U);
     const int64_t steps = static_cast<int64_t>(shape.steps.size());
+    const int64_t zoneout_width = C == CellKind::lstm ? H_out + H : H;
     // dh = dgates W_hh: panels of W_hh's columns (hidden_out units) over all G*H gate rows.
     std::vector<T> hh_panels(out_blocks * G * H * U);
     // Projected LSTM: d(h' before projection) = d(projected) W_hr, panels of W_hr's columns over P rows.
@@ -369,9 +391,17 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                     const int count = static_cast<int>(std::min<int64_t>(U, H_out - p0));
                     for (int64_t b = 0; b < step.active; ++b) {
                         const int64_t row = step.offset + b;
-                        const Vec d = Vec::loadu(buf.grad_h + b * H_out + p0, count) +
-                                      Vec::loadu(buf.grad_output + row * H_out + p0, count);
-                        d.store(buf.grad_projected + row * H_out + p0, count);
+                        T* dh = buf.grad_h + b * H_out + p0;
+                        const Vec d = Vec::loadu(dh, count) + Vec::loadu(buf.grad_output + row * H_out + p0, count);
+                        if (buf.zoneout) {
+                            // The zoned h's kept share goes straight to h and waits in dh for W_hh's part.
+                            const auto z = zoneout_backward<Vec>(
+                                Vec::loadu(buf.zoneout + row * zoneout_width + p0, count), d);
+                            z.fresh.store(buf.grad_projected + row * H_out + p0, count);
+                            z.kept.store(dh, count);
+                        } else {
+                            d.store(buf.grad_projected + row * H_out + p0, count);
+                        }
                     }
                 }
                 barrier();
@@ -380,23 +410,42 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                 const int64_t u0 = j * U;
                 const int count = static_cast<int>(std::min<int64_t>(U, H - u0));
                 // dh: gradient reaching h' (before the projection) of row b, for this block's units.
-                const auto cell = [&](int64_t b, const Vec& dh) {
+                // With zoneout the gradients of the zoned states are split: the kept shares go straight to the
+                // previous states, the rest through the cell math.
+                const auto cell = [&](int64_t b, Vec dh) {
                     const int64_t row = step.offset + b;
                     const T* saved = buf.saved + row * SW * H + u0;
                     T* dgx = buf.grad_input_gates + row * G * H + u0;
+                    const T* keep = buf.zoneout ? buf.zoneout + row * zoneout_width + u0 : nullptr;
                     if constexpr (C == CellKind::lstm) {
                         T* dc = buf.grad_c + b * H + u0;
+                        Vec dc_fresh = Vec::loadu(dc, count), dc_kept(T(0));
+                        if (keep) {
+                            if (!shape.projected) {  // a projected h was split before its GEMM
+                                const auto z = zoneout_backward<Vec>(Vec::loadu(keep, count), dh);
+                                z.kept.store(buf.grad_h + b * H + u0, count);  // W_hh's part is added below
+                                dh = z.fresh;
+                            }
+                            const auto z = zoneout_backward<Vec>(Vec::loadu(keep + H_out, count), dc_fresh);
+                            dc_fresh = z.fresh;
+                            dc_kept = z.kept;
+                        }
                         const auto d = lstm_backward<Vec>(
                             Vec::loadu(saved, count), Vec::loadu(saved + H, count), Vec::loadu(saved + 2 * H, count),
-                            Vec::loadu(saved + 3 * H, count), Vec::loadu(saved + 4 * H, count), dh,
-                            Vec::loadu(dc, count));
+                            Vec::loadu(saved + 3 * H, count), Vec::loadu(saved + 4 * H, count), dh, dc_fresh);
                         d.pre_i.store(dgx, count);
                         d.pre_f.store(dgx + H, count);
                         d.pre_g.store(dgx + 2 * H, count);
                         d.pre_o.store(dgx + 3 * H, count);
-                        d.c_prev.store(dc, count);
+                        (keep ? d.c_prev + dc_kept : d.c_prev).store(dc, count);
                     } else if constexpr (C == CellKind::gru) {
                         T* dgh = buf.grad_hidden_gates + row * G * H + u0;
+                        Vec dh_kept(T(0));
+                        if (keep) {
+                            const auto z = zoneout_backward<Vec>(Vec::loadu(keep, count), dh);
+                            dh = z.fresh;
+                            dh_kept = z.kept;
+                        }
                         const auto d = gru_backward<Vec>(Vec::loadu(saved, count), Vec::loadu(saved + H, count),
                                                          Vec::loadu(saved + 2 * H, count),
                                                          Vec::loadu(saved + 3 * H, count),
@@ -407,7 +456,8 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                         d.pre_r.store(dgh, count);
                         d.pre_z.store(dgh + H, count);
                         d.h_n.store(dgh + 2 * H, count);
-                        d.h_prev.store(buf.grad_h + b * H + u0, count);  // W_hh's part is added below
+                        // W_hh's part is added below
+                        (keep ? d.h_prev + dh_kept : d.h_prev).store(buf.grad_h + b * H + u0, count);
                     } else {
                         const Vec h = Vec::loadu(buf.output + row * H_out + u0, count);
                         rnn_backward<Vec>(h, dh, C == CellKind::rnn_relu).store(dgx, count);
@@ -436,8 +486,10 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                 };
                 const auto store = [&](int64_t b, const Vec* acc) {
                     T* dh = buf.grad_h + b * H_out + k0;
-                    // The GRU's h' also depends on h directly (z * h): its cell math left that part in dh.
-                    const Vec total = C == CellKind::gru ? acc[0] + Vec::loadu(dh, count) : acc[0];
+                    // The GRU's h' also depends on h directly (z * h), and a zoned h' too (d * h): the cell math
+                    // (or the projected split) left those parts in dh.
+                    const bool direct = C == CellKind::gru || (C == CellKind::lstm && buf.zoneout);
+                    const Vec total = direct ? acc[0] + Vec::loadu(dh, count) : acc[0];
                     total.store(dh, count);
                 };
                 panel_product<T, 1>(step.active, G * H, &hh_panels[j * G * H * U],

@@ -17,6 +17,7 @@
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/cuda/CUDAException.h>
@@ -56,6 +57,10 @@ struct ForwardStep {
     M* c;                   // [B, H] LSTM cell state: c read, c' written
     T* out;                 // [active, H] h' (before the projection when the layer has one)
     M* saved;               // [active, saved_width * H] activations for the backward, or null
+    // [active, zoneout_width] zoneout's keep weights (LSTM: h's, then c's; GRU: h's), or null. A projected LSTM's h
+    // is zoned after the W_hr GEMM, outside this kernel.
+    const M* zoneout;
+    int64_t zoneout_width;
     int64_t active, hidden;
     bool write_h;
 };
@@ -69,11 +74,13 @@ __host__ __device__ inline void forward_step_at(const ForwardStep<T, M>& step, i
     const T* hg = step.hidden_gates + b * G * H + u;
     const auto pre = [&](int gate) { return static_cast<M>(xg[gate * H]) + static_cast<M>(hg[gate * H]); };
     M* saved = step.saved ? step.saved + b * saved_width<C>() * H + u : nullptr;
+    const M* keep = step.zoneout ? step.zoneout + b * step.zoneout_width + u : nullptr;
     M h_new;
     if constexpr (C == CellKind::lstm) {  // saved: i, f, g, o, c_prev
         const M c_prev = step.c[b * H + u];
         const LstmForward<M> s = lstm_forward<M>(pre(0), pre(1), pre(2), pre(3), c_prev);
-        step.c[b * H + u] = s.c;
+        // c's keep weights are the last H columns (after the projection's P ones when the layer has one).
+        step.c[b * H + u] = keep ? zoneout_forward<M>(keep[step.zoneout_width - H], c_prev, s.c) : s.c;
         if (saved) {
             saved[0] = s.i;
             saved[H] = s.f;
@@ -81,19 +88,19 @@ __host__ __device__ inline void forward_step_at(const ForwardStep<T, M>& step, i
             saved[3 * H] = s.o;
             saved[4 * H] = c_prev;
         }
-        h_new = s.h;
+        h_new = keep && step.write_h ? zoneout_forward<M>(keep[0], static_cast<M>(step.h[b * H + u]), s.h) : s.h;
     } else if constexpr (C == CellKind::gru) {  // saved: r, z, n, h W_hn^T + b_hn
         M h_n = static_cast<M>(hg[2 * H]);
         if (step.bias_hn) h_n += static_cast<M>(step.bias_hn[u]);
-        const GruForward<M> s =
-            gru_forward<M>(pre(0), pre(1), static_cast<M>(xg[2 * H]), h_n, static_cast<M>(step.h[b * H + u]));
+        const M h_prev = static_cast<M>(step.h[b * H + u]);
+        const GruForward<M> s = gru_forward<M>(pre(0), pre(1), static_cast<M>(xg[2 * H]), h_n, h_prev);
         if (saved) {
             saved[0] = s.r;
             saved[H] = s.z;
             saved[2 * H] = s.n;
             saved[3 * H] = h_n;
         }
-        h_new = s.h;
+        h_new = keep ? zoneout_forward<M>(keep[0], h_prev, s.h) : s.h;
     } else {
         h_new = rnn_forward<M>(pre(0), C == CellKind::rnn_relu);
     }
@@ -118,6 +125,11 @@ struct BackwardStep {
     const T* out;          // [active, H] h' (RNN)
     T* grad_input_gates;   // [active, G*H]
     T* grad_hidden_gates;  // [active, G*H] the GRU's; the same buffer as grad_input_gates otherwise
+    const M* zoneout;      // keep weights as ForwardStep's, or null
+    int64_t zoneout_width;
+    // [B, H] LSTM without projection, with zoneout: the share d * dh' of h's gradient that goes straight to h,
+    // carried like dc: read (added to dh), then replaced; null otherwise (a projected h is split outside).
+    M* dh_kept;
     int64_t active, hidden;
 };
 
@@ -128,18 +140,37 @@ __host__ __device__ inline void backward_step_at(const BackwardStep<T, M>& step,
     M dh = static_cast<M>(step.grad_h[b * H + u]);
     if (step.grad_output) dh += static_cast<M>(step.grad_output[b * H + u]);
     T* dgx = step.grad_input_gates + b * G * H + u;
+    // With zoneout the gradients of the zoned states are split: the kept shares go straight to the previous states,
+    // the rest through the cell math.
+    const M* keep = step.zoneout ? step.zoneout + b * step.zoneout_width + u : nullptr;
     if constexpr (C == CellKind::lstm) {
         const M* saved = step.saved + b * saved_width<C>() * H + u;
-        const LstmBackward<M> d =
-            lstm_backward<M>(saved[0], saved[H], saved[2 * H], saved[3 * H], saved[4 * H], dh, step.carry[b * H + u]);
+        M dc = step.carry[b * H + u], dc_kept(0);
+        if (keep) {
+            if (step.dh_kept) {
+                const ZoneoutBackward<M> z = zoneout_backward<M>(keep[0], dh + step.dh_kept[b * H + u]);
+                step.dh_kept[b * H + u] = z.kept;
+                dh = z.fresh;
+            }
+            const ZoneoutBackward<M> z = zoneout_backward<M>(keep[step.zoneout_width - H], dc);
+            dc = z.fresh;
+            dc_kept = z.kept;
+        }
+        const LstmBackward<M> d = lstm_backward<M>(saved[0], saved[H], saved[2 * H], saved[3 * H], saved[4 * H], dh, dc);
         dgx[0] = static_cast<T>(d.pre_i);
         dgx[H] = static_cast<T>(d.pre_f);
         dgx[2 * H] = static_cast<T>(d.pre_g);
         dgx[3 * H] = static_cast<T>(d.pre_o);
-        step.carry[b * H + u] = d.c_prev;
+        step.carry[b * H + u] = d.c_prev + dc_kept;
     } else if constexpr (C == CellKind::gru) {
         const M* saved = step.saved + b * saved_width<C>() * H + u;
         dh += step.carry[b * H + u];
+        M dh_kept(0);
+        if (keep) {
+            const ZoneoutBackward<M> z = zoneout_backward<M>(keep[0], dh);
+            dh = z.fresh;
+            dh_kept = z.kept;
+        }
         const GruBackward<M> d =
             gru_backward<M>(saved[0], saved[H], saved[2 * H], saved[3 * H], static_cast<M>(step.h_prev[b * H + u]), dh);
         T* dgh = step.grad_hidden_gates + b * G * H + u;
@@ -147,7 +178,7 @@ __host__ __device__ inline void backward_step_at(const BackwardStep<T, M>& step,
         dgx[H] = dgh[H] = static_cast<T>(d.pre_z);
         dgx[2 * H] = static_cast<T>(d.x_n);
         dgh[2 * H] = static_cast<T>(d.h_n);
-        step.carry[b * H + u] = d.h_prev;
+        step.carry[b * H + u] = d.h_prev + dh_kept;
     } else {
         dgx[0] = static_cast<T>(rnn_backward<M>(static_cast<M>(step.out[b * H + u]), dh, C == CellKind::rnn_relu));
     }
@@ -223,6 +254,7 @@ Tensor recurrent_forward_steps(const SequenceShape& shape, const ForwardTensors&
     // The running hidden state: each step's GEMM reads the prefix of rows it has active. At the end it is h_n.
     Tensor h = tensors.h0.clone();
     Tensor hidden_gates = at::empty({B, G * H}, tensors.output.options());
+    const int64_t zoneout_width = tensors.zoneout.defined() ? tensors.zoneout.size(1) : 0;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tensors.output.scalar_type(), "fused_rnn forward_cuda",
                                     [&] {
         using M = at::opmath_type<scalar_t>;
@@ -243,11 +275,20 @@ Tensor recurrent_forward_steps(const SequenceShape& shape, const ForwardTensors&
             step.active = s.active;
             step.hidden = H;
             step.write_h = !shape.projected;
+            step.zoneout = zoneout_width ? tensors.zoneout.data_ptr<M>() + s.offset * zoneout_width : nullptr;
+            step.zoneout_width = zoneout_width;
             forward_step(shape.cell, step, on_gpu);
             if (shape.projected) {
                 Tensor projected = tensors.output.narrow(0, s.offset, s.active);
                 at::mm_out(projected, step_output, tensors.weight_hr.t());
-                h.narrow(0, 0, s.active).copy_(projected);
+                Tensor previous = h.narrow(0, 0, s.active);
+                if (zoneout_width) {
+                    // d * h + (1 - d) * h~ in the math dtype, as the Triton driver: one lerp (exact for masks of 0
+                    // and 1) where that form takes four operations per step.
+                    const Tensor keep = tensors.zoneout.narrow(0, s.offset, s.active).narrow(1, 0, shape.hidden_out);
+                    projected.copy_(projected.to(keep.scalar_type()).lerp(previous.to(keep.scalar_type()), keep));
+                }
+                previous.copy_(projected);
             }
         }
     });
@@ -268,6 +309,10 @@ std::tuple<Tensor, Tensor> recurrent_backward_steps(const SequenceShape& shape, 
                    : gru ? tensors.grad_h_n.to(math_options.dtype(), false, true)
                          : Tensor();
     Tensor grad_projection_input = shape.projected ? at::empty({B, H}, options) : Tensor();
+    const int64_t zoneout_width = tensors.zoneout.defined() ? tensors.zoneout.size(1) : 0;
+    // The zoned LSTM's h' = d * h + ... passes d * dh' to h directly, carried like dc (its h was split by the kernel
+    // without a projection, here with one).
+    Tensor dh_kept = lstm && zoneout_width ? at::zeros({B, shape.hidden_out}, math_options) : Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tensors.output.scalar_type(), "fused_rnn backward_cuda",
                                     [&] {
         using M = at::opmath_type<scalar_t>;
@@ -277,6 +322,13 @@ std::tuple<Tensor, Tensor> recurrent_backward_steps(const SequenceShape& shape, 
             if (shape.projected) {  // the projected output's gradient, then through W_hr to h' before it
                 Tensor grad_projected = rows(tensors.grad_projected);
                 at::add_out(grad_projected, dh.narrow(0, 0, s->active), rows(tensors.grad_output));
+                if (zoneout_width) {  // of the zoned h's gradient, d goes straight to h, 1 - d to the projection
+                    const Tensor keep = rows(tensors.zoneout).narrow(1, 0, shape.hidden_out);
+                    Tensor kept = dh_kept.narrow(0, 0, s->active);
+                    const Tensor total = grad_projected.to(kept.scalar_type()).add(kept);
+                    kept.copy_(total.mul(keep));
+                    grad_projected.copy_(total.mul(keep.neg().add(1)));
+                }
                 Tensor grad_step_input = grad_projection_input.narrow(0, 0, s->active);
                 at::mm_out(grad_step_input, grad_projected, tensors.weight_hr);
                 step.grad_h = grad_projection_input.data_ptr<scalar_t>();
@@ -290,6 +342,9 @@ std::tuple<Tensor, Tensor> recurrent_backward_steps(const SequenceShape& shape, 
             step.out = rows(tensors.output).data_ptr<scalar_t>();
             step.grad_input_gates = rows(tensors.grad_input_gates).data_ptr<scalar_t>();
             step.grad_hidden_gates = rows(tensors.grad_hidden_gates).data_ptr<scalar_t>();
+            step.zoneout = zoneout_width ? rows(tensors.zoneout).data_ptr<M>() : nullptr;
+            step.zoneout_width = zoneout_width;
+            step.dh_kept = dh_kept.defined() && !shape.projected ? dh_kept.data_ptr<M>() : nullptr;
             step.active = s->active;
             step.hidden = H;
             backward_step(shape.cell, step, on_gpu);
@@ -297,7 +352,9 @@ std::tuple<Tensor, Tensor> recurrent_backward_steps(const SequenceShape& shape, 
             at::mm_out(dh_active, rows(tensors.grad_hidden_gates), tensors.weight_hh);
         }
     });
-    const Tensor grad_h0 = gru ? dh.add(carry).to(tensors.output.scalar_type()) : dh;
+    const Tensor grad_h0 = gru                 ? dh.add(carry).to(tensors.output.scalar_type())
+                           : dh_kept.defined() ? dh.add(dh_kept).to(tensors.output.scalar_type())
+                                               : dh;
     const Tensor grad_c0 = lstm ? carry.to(tensors.output.scalar_type()) : Tensor();
     return {grad_h0, grad_c0};
 }

@@ -16,9 +16,9 @@ of it are committed); on CPU "cpu" for the shapes where the
 committed measurements (benchmarks/results/cpu_native/cpu.md) show it faster than torch.nn, else "torch", which on CPU
 is 2-18x faster than the reference (benchmarks/results/cpu.md) and keeps double backward and torch.compile.
 
-Zoneout (LSTM and GRU) runs only on "triton" and "reference"; "auto" picks "triton" on CUDA and
-the reference on CPU (benchmarks/results/zoneout_cpu.md: the Triton interpreter is far slower), and the others refuse
-it by name.
+Zoneout (LSTM and GRU, with or without projection) runs on "triton", "cpu", "cuda" and "reference"; "auto" picks
+"triton" on CUDA and "cpu" on CPU (the reference where those cannot run: benchmarks/results/zoneout_cpu.md, the Triton
+interpreter is far slower), and "torch" and "persistent" refuse it by name.
 """
 
 import importlib.util
@@ -230,17 +230,27 @@ def _triton_cannot_run(device: torch.device, dtype: torch.dtype, offsets_fit_32_
 
 
 def _resolve_zoneout(backend: str, device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool) -> str:
-    """resolve() for a call with zoneout: "triton" or "reference"; the others raise."""
+    """resolve() for a call with zoneout: "triton", "cpu", "cuda" or "reference"; the others raise."""
     if backend == "reference":
         return backend
-    if backend not in ("auto", "triton"):
+    if backend not in ("auto", "triton", "cpu", "cuda"):
         raise ValueError(
-            f"backend={backend!r} cannot run zoneout (its kernels have no zoneout): use 'auto', 'triton' or 'reference'"
+            f"backend={backend!r} cannot run zoneout (its kernels have no zoneout): use 'auto', 'triton', 'cpu', "
+            "'cuda' or 'reference'"
         )
+    if backend in ("cpu", "cuda"):
+        unavailable = native_cpu_unavailable if backend == "cpu" else _native_cuda_unavailable
+        reason = unavailable(device, dtype)
+        if reason is not None:
+            raise ValueError(f"backend={backend!r} cannot run this zoneout call: {reason}")
+        return backend
     reason = _triton_cannot_run(device, dtype, offsets_fit_32_bits)
     if backend == "triton":
         if reason is not None:
             raise ValueError(f"backend='triton' cannot run this zoneout call: {reason}")
         return backend
-    # On CPU the reference loop, not the Triton interpreter (measured in benchmarks/results/zoneout_cpu.md).
-    return "triton" if device.type == "cuda" and reason is None else "reference"
+    if device.type == "cuda":
+        return "triton" if reason is None else "reference"
+    # On CPU the compiled kernels, else the reference loop; never the Triton interpreter, far slower than either
+    # (benchmarks/results/zoneout_cpu.md).
+    return "cpu" if native_cpu_unavailable(device, dtype) is None else "reference"
