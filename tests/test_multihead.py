@@ -503,7 +503,7 @@ def test_bad_input_is_rejected_with_named_errors():
         (ValueError, "input must be 3-D", {"input": x[0]}),
         (TypeError, "floating-point", {"input": x.long()}),
         (ValueError, "forget_gate must be", {"forget_gate": "relu"}),
-        (ValueError, "backend must be one of", {"backend": "cpu"}),
+        (ValueError, "backend must be one of", {"backend": "cuda"}),
         (ValueError, "batch_sizes must be positive and non-increasing", {"input": x[0], "batch_sizes": [1, 2]}),
     ]
     for error, message, changes in cases:
@@ -511,6 +511,9 @@ def test_bad_input_is_rejected_with_named_errors():
             call(**changes)
     with pytest.raises(ValueError, match="one bias"):
         functional.run("slstm", x, state, weight_ih, weight_hh, bias, bias)
+    low_precision = [t.bfloat16() for t in (x, *state, weight_ih, weight_hh, bias)]
+    with pytest.raises(ValueError, match="backend='cpu' cannot run here: dtype torch.bfloat16 is not supported"):
+        functional.slstm(low_precision[0], tuple(low_precision[1:5]), *low_precision[5:], backend="cpu")
     with pytest.raises(ValueError, match="hidden_size must be divisible by num_heads"):
         fused_rnn.sLSTM(3, 10, num_heads=3)
     with pytest.raises(ValueError, match="num_heads must be a positive integer"):
