@@ -8,8 +8,10 @@ Contenders, all float32, one layer with num_heads heads (block-diagonal recurren
   backward. The fairest baseline: the same equations, no library.
 - plain_loop_compiled: torch.compile(plain_loop, fullgraph=True) (inductor; the loop unrolls over T).
 - fused_rnn_reference: fused_rnn.multihead's oracle (backend="reference").
-- fused_rnn_auto: what fused_rnn.sLSTM / fused_rnn.MultiHeadLSTM run on CPU with backend="auto" (the fused op with
-  its pointwise step as torch ops and a hand-written backward).
+- fused_rnn_torch: the fused op with its pointwise step as torch ops per step and a hand-written backward
+  (backend="torch", what "auto" ran on CPU before the compiled kernel).
+- fused_rnn_auto: what fused_rnn.sLSTM / fused_rnn.MultiHeadLSTM run on CPU with backend="auto": the compiled CPU
+  kernel (backend="cpu", csrc/cpu/multihead.cpp: the whole step loop in one call) where it is built.
 Each contender's output is checked against the float64 reference before it is timed.
 Writes OUT.json (the rows) and OUT.md (the table, with ratios to plain_loop).
 """
@@ -81,6 +83,7 @@ def contenders():
         "plain_loop": plain_loop,
         "plain_loop_compiled": torch.compile(plain_loop, fullgraph=True, dynamic=False),
         "fused_rnn_reference": fused_rnn_path("reference"),
+        "fused_rnn_torch": fused_rnn_path("torch"),
         "fused_rnn_auto": fused_rnn_path("auto"),
     }
 

@@ -36,6 +36,8 @@ struct Activations<float> {
     __host__ __device__ static float exp(float x) { return expf(x); }
     // log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): finite for every x, where log(sigmoid(x)) underflows.
     __host__ __device__ static float log_sigmoid(float x) { return fminf(x, 0.0f) - log1pf(expf(-fabsf(x))); }
+    __host__ __device__ static bool either(bool a, bool b) { return a || b; }
+    __host__ __device__ static float select(bool condition, float a, float b) { return condition ? a : b; }
 };
 
 template <>
@@ -46,6 +48,8 @@ struct Activations<double> {
     __host__ __device__ static double relu_backward(double h, double dh) { return h > 0.0 ? dh : 0.0; }
     __host__ __device__ static double exp(double x) { return ::exp(x); }
     __host__ __device__ static double log_sigmoid(double x) { return fmin(x, 0.0) - log1p(::exp(-fabs(x))); }
+    __host__ __device__ static bool either(bool a, bool b) { return a || b; }
+    __host__ __device__ static double select(bool condition, double a, double b) { return condition ? a : b; }
 };
 
 // ---------------------------------------------------------------------------------------------- LSTM
@@ -172,27 +176,28 @@ __host__ __device__ inline V rnn_backward(V h, V dh, bool relu) {
 
 // --------------------------------------------------------------------------------------------- sLSTM
 
-// The xLSTM paper's sLSTM (Beck et al. 2024) with its stabilizer m, as fused_rnn/multihead/reference.py: scalar V
-// only (the exp and log_sigmoid of Activations<float/double>). Gate order i, f, z, o; n == 0 marks an empty state,
-// whose forget path is dropped (log f + m = -inf).
-template <typename V>
+// The xLSTM paper's sLSTM (Beck et al. 2024) with its stabilizer m, as fused_rnn/multihead/reference.py. Gate order
+// i, f, z, o; n == 0 marks an empty state, whose forget path is dropped (log f + m = -inf). Besides sigmoid and
+// tanh it needs Activations<V>::exp, log_sigmoid, and for its conditions (a bool per scalar, a lane mask per SIMD
+// vector) either(a, b) and select(condition, if_true, if_false).
+template <typename V, typename Condition>
 struct SlstmGates {
-    V m;             // the new stabilizer: max(i_pre, log f + m_prev)
-    V i, f;          // the stabilized exponential gates exp(i_pre - m), exp(log f + m_prev - m)
-    bool from_input;  // whether m came from i_pre (ties included)
+    V m;                   // the new stabilizer: max(i_pre, log f + m_prev)
+    V i, f;                // the stabilized exponential gates exp(i_pre - m), exp(log f + m_prev - m)
+    Condition from_input;  // whether m came from i_pre (ties included)
 };
 
 template <typename V>
-__host__ __device__ inline SlstmGates<V> slstm_gates(V pre_i, V pre_f, V n_prev, V m_prev, bool exp_forget) {
+__host__ __device__ inline auto slstm_gates(V pre_i, V pre_f, V n_prev, V m_prev, bool exp_forget) {
     using A = Activations<V>;
-    SlstmGates<V> s;
     const V log_f = exp_forget ? pre_f : A::log_sigmoid(pre_f);
-    const bool empty = n_prev == V(0);
+    auto empty = n_prev == V(0);  // not const: SlstmGates holds a Condition of its type
     const V kept = log_f + m_prev;
-    s.from_input = empty || pre_i >= kept;
-    s.m = s.from_input ? pre_i : kept;
+    SlstmGates<V, decltype(empty)> s;
+    s.from_input = A::either(empty, pre_i >= kept);
+    s.m = A::select(s.from_input, pre_i, kept);
     s.i = A::exp(pre_i - s.m);
-    s.f = empty ? V(0) : A::exp(kept - s.m);
+    s.f = A::select(empty, V(0), A::exp(kept - s.m));
     return s;
 }
 
@@ -205,7 +210,7 @@ template <typename V>
 __host__ __device__ inline SlstmForward<V> slstm_forward(V pre_i, V pre_f, V pre_z, V pre_o, V c_prev, V n_prev,
                                                          V m_prev, bool exp_forget) {
     using A = Activations<V>;
-    const SlstmGates<V> g = slstm_gates(pre_i, pre_f, n_prev, m_prev, exp_forget);
+    const auto g = slstm_gates(pre_i, pre_f, n_prev, m_prev, exp_forget);
     SlstmForward<V> s;
     s.c = g.f * c_prev + g.i * A::tanh(pre_z);
     s.n = g.f * n_prev + g.i;
@@ -226,16 +231,16 @@ __host__ __device__ inline SlstmBackward<V> slstm_backward(V pre_i, V pre_f, V p
                                                            V m_prev, V dh, V dc, V dn, V dm, bool exp_forget) {
     using A = Activations<V>;
     const V one(1);
-    const SlstmGates<V> g = slstm_gates(pre_i, pre_f, n_prev, m_prev, exp_forget);
+    const auto g = slstm_gates(pre_i, pre_f, n_prev, m_prev, exp_forget);
     const V z = A::tanh(pre_z), o = A::sigmoid(pre_o);
     const V c = g.f * c_prev + g.i * z, n = g.f * n_prev + g.i;
     const V dc_total = dc + dh * o / n;
     const V dn_total = dn - dh * o * c / (n * n);
     const V d_i = dc_total * z + dn_total, d_f = dc_total * c_prev + dn_total * n_prev;
     const V dm_total = dm - d_i * g.i - d_f * g.f;
-    const V d_kept = d_f * g.f + (g.from_input ? V(0) : dm_total);  // log f + m_prev, through f and through m
+    const V d_kept = d_f * g.f + A::select(g.from_input, V(0), dm_total);  // log f + m_prev, through f and m
     SlstmBackward<V> d;
-    d.pre_i = d_i * g.i + (g.from_input ? dm_total : V(0));
+    d.pre_i = d_i * g.i + A::select(g.from_input, dm_total, V(0));
     d.pre_f = exp_forget ? d_kept : d_kept * A::sigmoid(-pre_f);
     d.pre_z = dc_total * g.i * (one - z * z);
     d.pre_o = dh * c / n * o * (one - o);

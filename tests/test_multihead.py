@@ -454,8 +454,10 @@ def test_parameters_and_init():
     assert not any(name.startswith("bias") for name, _ in fused_rnn.sLSTM(3, 4, bias=False).named_parameters())
 
 
-def test_auto_on_cpu_runs_the_torch_steps_not_the_interpreter():
-    assert functional.chosen_backend("auto", torch.device("cpu"), torch.float32) == "torch"
+def test_auto_on_cpu_runs_the_compiled_kernel_else_the_torch_steps_never_the_interpreter():
+    compiled = "cpu" if native.unavailable() is None else "torch"
+    assert functional.chosen_backend("auto", torch.device("cpu"), torch.float32) == compiled
+    assert functional.chosen_backend("auto", torch.device("cpu"), torch.float64) == compiled
     assert functional.chosen_backend("auto", torch.device("cpu"), torch.bfloat16) == "torch"
 
 

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 import fused_rnn
+from fused_rnn.backends import native
 from fused_rnn.backends.triton import multihead as triton_steps
 from fused_rnn.multihead import torch_steps
 
 from checks import DEVICE, TOLERANCE, assert_close, gradients
 
-BACKENDS = ["reference", "torch", "triton"]
+# With the compiled kernels (csrc/cpu/multihead.cpp): "cpu" too on CPU tensors.
+BACKENDS = ["reference", "torch", "triton", *(["cpu"] if DEVICE.type == "cpu" and native.unavailable() is None else [])]
 SHAPES = [  # T, B, I, num_heads, head_dim
     pytest.param(1, 1, 1, 1, 1, id="T1-B1-I1-NH1-DH1"),
     pytest.param(3, 3, 5, 2, 3, id="T3-B3-I5-NH2-DH3"),
@@ -97,21 +99,30 @@ def test_steps_match_a_plain_float64_loop(backend, steps, batch, input_size, hea
         assert_close(f"grad {index}", e, o, atol, rtol)
 
 
-@pytest.mark.parametrize(
-    "backend, kernel",
-    [("auto", torch_steps), ("torch", torch_steps), ("triton", triton_steps)],
-    ids=["auto", "torch", "triton"],
-)
+@pytest.mark.parametrize("backend, kernel", [("torch", torch_steps), ("triton", triton_steps)], ids=["torch", "triton"])
 def test_the_step_runs_on_the_backend_asked_for(backend, kernel, monkeypatch):
-    """ "auto" on CPU is the torch step path (the interpreter is for tests); "triton" runs the Triton step kernel."""
-    if DEVICE.type == "cuda" and backend == "auto":
-        kernel = triton_steps
+    """ "torch" runs the torch step path, "triton" the Triton step kernel."""
     calls = []
     forward_step = kernel.forward_step
     monkeypatch.setattr(kernel, "forward_step", lambda cell, *args: calls.append(cell) or forward_step(cell, *args))
     cell = make_cell(3, 2, 2, backend)
     cell(torch.randn(2, 3, dtype=torch.float64, device=DEVICE))
     assert calls == ["slstm"]
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu" or native.unavailable() is not None, reason="needs the compiled CPU kernels")
+def test_auto_on_cpu_runs_the_compiled_kernel(monkeypatch):
+    calls = []
+    ops = native.ops()
+
+    class Recording:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ops, name)
+
+    monkeypatch.setattr(native, "ops", Recording)
+    make_cell(3, 2, 2, "auto")(torch.randn(2, 3, dtype=torch.float64))
+    assert calls == ["multihead_recurrence_forward"]
 
 
 def cell_function(cell):

@@ -6,7 +6,7 @@
 // fused_rnn/multihead/sequence.py (kernel "cpu") with the layouts of its pointwise steps
 // (fused_rnn/multihead/torch_steps.py): input gates and their gradients gate-major (gate g of unit j at g * H + j),
 // the recurrent part's gradients head-major (head k's G * head_dim values together), saved activations as there.
-// float32 and float64; the math runs in the storage type.
+// float32 and float64; the math runs in the storage type, on at::vec SIMD vectors of a head's units.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -25,6 +25,7 @@
 
 #include "../cell_math.h"
 #include "../sequence.h"
+#include "vectorized_activations.h"
 
 namespace fused_rnn {
 namespace {
@@ -103,6 +104,8 @@ struct ForwardPointers {
 
 template <typename T>
 void forward(const Shape& shape, const ForwardPointers<T>& p, bool exp_forget) {
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t W = Vec::size();
     const int64_t H = shape.hidden, D = shape.head_dim, G = shape.gates, SW = saved_width(shape.cell);
     for_each_head(shape, [&](int64_t first, int64_t end) {
         std::vector<T> recurrent(G * D);  // h_head W_head^T of one row, gate-blocked
@@ -113,51 +116,50 @@ void forward(const Shape& shape, const ForwardPointers<T>& p, bool exp_forget) {
                     const int64_t row = step.offset + b;
                     T* h = p.h + b * H + head * D;  // this head's units of row b, updated in place
                     for (int64_t r = 0; r < G * D; ++r) recurrent[r] = dot(weight + r * D, h, D);
-                    const T* xg = p.input_gates + row * G * H;
-                    T* saved = p.saved ? p.saved + row * SW * H : nullptr;
-                    for (int64_t u = 0; u < D; ++u) {
-                        const int64_t j = head * D + u;
-                        T pre[4];
+                    T* out = p.output + row * H + head * D;
+                    // One SIMD vector of the head's units at a time: units j = head * D + u, u in [u0, u0 + count).
+                    for (int64_t u0 = 0; u0 < D; u0 += W) {
+                        const int count = static_cast<int>(std::min<int64_t>(W, D - u0));
+                        const int64_t j = head * D + u0, state = b * H + j;
+                        const auto load = [&](const T* at) { return Vec::loadu(at, count); };
+                        const T* xg = p.input_gates + row * G * H + j;
+                        Vec pre[4];
                         for (int64_t g = 0; g < G; ++g) {
-                            pre[g] = recurrent[g * D + u] + (p.bias_hh ? p.bias_hh[g * H + j] : T(0));
+                            pre[g] = load(&recurrent[g * D + u0]);
+                            if (p.bias_hh) pre[g] = pre[g] + load(p.bias_hh + g * H + j);
                         }
-                        T h_new;
+                        T* saved = p.saved ? p.saved + row * SW * H + j : nullptr;
+                        const auto save = [&](std::initializer_list<Vec> values) {
+                            int k = 0;
+                            for (const Vec& value : values) value.store(saved + (k++) * H, count);
+                        };
                         if (shape.cell == HeadCell::lstm) {
-                            const T c_prev = p.c[b * H + j];
-                            const auto s = lstm_forward<T>(xg[j] + pre[0], xg[H + j] + pre[1], xg[2 * H + j] + pre[2],
-                                                           xg[3 * H + j] + pre[3], c_prev);
-                            if (saved) {
-                                const T values[5] = {s.i, s.f, s.g, s.o, c_prev};
-                                for (int k = 0; k < 5; ++k) saved[k * H + j] = values[k];
-                            }
-                            p.c[b * H + j] = s.c;
-                            h_new = s.h;
+                            const Vec c_prev = load(p.c + state);
+                            const auto s = lstm_forward<Vec>(load(xg) + pre[0], load(xg + H) + pre[1],
+                                                             load(xg + 2 * H) + pre[2], load(xg + 3 * H) + pre[3], c_prev);
+                            if (saved) save({s.i, s.f, s.g, s.o, c_prev});
+                            s.c.store(p.c + state, count);
+                            s.h.store(out + u0, count);
                         } else if (shape.cell == HeadCell::gru) {
-                            const auto s = gru_forward<T>(xg[j] + pre[0], xg[H + j] + pre[1], xg[2 * H + j], pre[2], h[u]);
-                            if (saved) {
-                                const T values[4] = {s.r, s.z, s.n, pre[2]};
-                                for (int k = 0; k < 4; ++k) saved[k * H + j] = values[k];
-                            }
-                            h_new = s.h;
+                            const auto s = gru_forward<Vec>(load(xg) + pre[0], load(xg + H) + pre[1], load(xg + 2 * H),
+                                                            pre[2], load(h + u0));
+                            if (saved) save({s.r, s.z, s.n, pre[2]});
+                            s.h.store(out + u0, count);
                         } else {
-                            const int64_t state = b * H + j;
-                            const T pre_i = xg[j] + pre[0], pre_f = xg[H + j] + pre[1];
-                            const T pre_z = xg[2 * H + j] + pre[2], pre_o = xg[3 * H + j] + pre[3];
-                            if (saved) {
-                                const T values[7] = {pre_i, pre_f, pre_z, pre_o, p.c[state], p.n[state], p.m[state]};
-                                for (int k = 0; k < 7; ++k) saved[k * H + j] = values[k];
-                            }
-                            const auto s = slstm_forward<T>(pre_i, pre_f, pre_z, pre_o, p.c[state], p.n[state],
-                                                            p.m[state], exp_forget);
-                            p.c[state] = s.c;
-                            p.n[state] = s.n;
-                            p.m[state] = s.m;
-                            h_new = s.h;
+                            const Vec pre_i = load(xg) + pre[0], pre_f = load(xg + H) + pre[1];
+                            const Vec pre_z = load(xg + 2 * H) + pre[2], pre_o = load(xg + 3 * H) + pre[3];
+                            const Vec c_prev = load(p.c + state), n_prev = load(p.n + state), m_prev = load(p.m + state);
+                            if (saved) save({pre_i, pre_f, pre_z, pre_o, c_prev, n_prev, m_prev});
+                            const auto s = slstm_forward<Vec>(pre_i, pre_f, pre_z, pre_o, c_prev, n_prev, m_prev,
+                                                              exp_forget);
+                            s.c.store(p.c + state, count);
+                            s.n.store(p.n + state, count);
+                            s.m.store(p.m + state, count);
+                            s.h.store(out + u0, count);
                         }
-                        p.output[row * H + j] = h_new;
                     }
                     // After every unit's gates: they read the old h.
-                    for (int64_t u = 0; u < D; ++u) h[u] = p.output[row * H + head * D + u];
+                    std::copy(out, out + D, h);
                 }
             }
         }
@@ -173,6 +175,8 @@ struct BackwardPointers {
 
 template <typename T>
 void backward(const Shape& shape, const BackwardPointers<T>& p, bool exp_forget) {
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t W = Vec::size();
     const int64_t H = shape.hidden, D = shape.head_dim, G = shape.gates, SW = saved_width(shape.cell);
     for_each_head(shape, [&](int64_t first, int64_t end) {
         for (int64_t head = first; head < end; ++head) {
@@ -180,46 +184,47 @@ void backward(const Shape& shape, const BackwardPointers<T>& p, bool exp_forget)
             for (auto step = shape.steps.rbegin(); step != shape.steps.rend(); ++step) {
                 for (int64_t b = 0; b < step->active; ++b) {
                     const int64_t row = step->offset + b;
-                    const T* saved = p.saved + row * SW * H;
-                    T* dgx = p.grad_input_gates + row * G * H;
                     T* dgh = p.grad_hidden_gates + row * G * H + head * G * D;  // head-major
                     T* dh = p.dh + b * H + head * D;
-                    for (int64_t u = 0; u < D; ++u) {
-                        const int64_t j = head * D + u, state = b * H + j;
-                        const T d_out = dh[u] + p.grad_output[row * H + j];
-                        const auto at = [&](int k) { return saved[k * H + j]; };
-                        T grads[4], hidden_n = 0;
+                    for (int64_t u0 = 0; u0 < D; u0 += W) {
+                        const int count = static_cast<int>(std::min<int64_t>(W, D - u0));
+                        const int64_t j = head * D + u0, state = b * H + j;
+                        const auto load = [&](const T* at) { return Vec::loadu(at, count); };
+                        const T* saved = p.saved + row * SW * H + j;
+                        const auto at = [&](int k) { return load(saved + k * H); };
+                        const Vec d_out = load(dh + u0) + load(p.grad_output + row * H + j);
+                        Vec grads[4], hidden_n;
                         if (shape.cell == HeadCell::lstm) {
-                            const auto d = lstm_backward<T>(at(0), at(1), at(2), at(3), at(4), d_out, p.dc[state]);
-                            const T values[4] = {d.pre_i, d.pre_f, d.pre_g, d.pre_o};
-                            for (int k = 0; k < 4; ++k) grads[k] = values[k];
-                            p.dc[state] = d.c_prev;
+                            const auto d = lstm_backward<Vec>(at(0), at(1), at(2), at(3), at(4), d_out,
+                                                              load(p.dc + state));
+                            grads[0] = d.pre_i, grads[1] = d.pre_f, grads[2] = d.pre_g, grads[3] = d.pre_o;
+                            d.c_prev.store(p.dc + state, count);
                         } else if (shape.cell == HeadCell::gru) {
-                            const T d_h = d_out + p.dc[state];  // plus the part of h's gradient that skips W_hh
-                            const auto d = gru_backward<T>(at(0), at(1), at(2), at(3),
-                                                           p.previous_hidden[row * H + j], d_h);
-                            grads[0] = d.pre_r;
-                            grads[1] = d.pre_z;
-                            grads[2] = d.x_n;
+                            // dc holds the part of h's gradient that skipped W_hh at the later step.
+                            const auto d = gru_backward<Vec>(at(0), at(1), at(2), at(3),
+                                                             load(p.previous_hidden + row * H + j),
+                                                             d_out + load(p.dc + state));
+                            grads[0] = d.pre_r, grads[1] = d.pre_z, grads[2] = d.x_n;
                             hidden_n = d.h_n;
-                            p.dc[state] = d.h_prev;
+                            d.h_prev.store(p.dc + state, count);
                         } else {
-                            const auto d = slstm_backward<T>(at(0), at(1), at(2), at(3), at(4), at(5), at(6), d_out,
-                                                             p.dc[state], p.dn[state], p.dm[state], exp_forget);
-                            const T values[4] = {d.pre_i, d.pre_f, d.pre_z, d.pre_o};
-                            for (int k = 0; k < 4; ++k) grads[k] = values[k];
-                            p.dc[state] = d.c_prev;
-                            p.dn[state] = d.n_prev;
-                            p.dm[state] = d.m_prev;
+                            const auto d = slstm_backward<Vec>(at(0), at(1), at(2), at(3), at(4), at(5), at(6), d_out,
+                                                               load(p.dc + state), load(p.dn + state),
+                                                               load(p.dm + state), exp_forget);
+                            grads[0] = d.pre_i, grads[1] = d.pre_f, grads[2] = d.pre_z, grads[3] = d.pre_o;
+                            d.c_prev.store(p.dc + state, count);
+                            d.n_prev.store(p.dn + state, count);
+                            d.m_prev.store(p.dm + state, count);
                         }
                         for (int64_t g = 0; g < G; ++g) {
-                            dgx[g * H + j] = grads[g];
-                            dgh[g * D + u] = shape.cell == HeadCell::gru && g == 2 ? hidden_n : grads[g];
+                            grads[g].store(p.grad_input_gates + row * G * H + g * H + j, count);
+                            const bool gru_n = shape.cell == HeadCell::gru && g == 2;  // r times the input one
+                            (gru_n ? hidden_n : grads[g]).store(dgh + g * D + u0, count);
                         }
                     }
                     // The gradient reaching this head's h at the step before: dgh_head W_head, after every unit
                     // above has read dh.
-                    for (int64_t k = 0; k < D; ++k) dh[k] = 0;
+                    std::fill(dh, dh + D, T(0));
                     for (int64_t r = 0; r < G * D; ++r) {
                         const T d = dgh[r];
                         const T* w = weight + r * D;

@@ -33,6 +33,11 @@ struct Activations<at::vec::Vectorized<T>> {
     static V tanh(V x) { return tanh_u35(x); }
     static V relu(V x) { return V::blendv(x, V(0), x < V(0)); }  // NaN stays NaN, as in torch.relu
     static V relu_backward(V h, V dh) { return V::blendv(V(0), dh, h > V(0)); }
+    static V exp(V x) { return x.exp(); }
+    static V log_sigmoid(V x) { return at::vec::minimum(x, V(0)) - x.abs().neg().exp().log1p(); }
+    // Conditions are lane masks (all bits set where true), as Vectorized's comparisons return them.
+    static V either(V a, V b) { return a | b; }
+    static V select(V condition, V a, V b) { return V::blendv(b, a, condition); }
 };
 
 }  // namespace fused_rnn

@@ -18,10 +18,10 @@ from fused_rnn.multihead.reference import FORGET_GATES, GATES, STATES
 Tensor = torch.Tensor
 
 BACKENDS = ("auto", "triton", "cpu", "torch", "reference")
-# "auto" on CPU: the fused op with its pointwise step as torch ops ("torch") beat the reference (autograd through a
-# step loop) at every shape measured, forward and forward+backward (benchmarks/results/slstm_cpu.md). The Triton
-# interpreter is never picked: it is for tests.
-CPU_AUTO = "torch"
+# "auto" on CPU: the compiled kernel ("cpu") where it runs (float32/float64, extension built), else the fused op with
+# its pointwise step as torch ops ("torch"). Measured (benchmarks/results/slstm_cpu.md): "cpu" beat "torch", and
+# "torch" the reference, at every shape, forward and forward+backward. The Triton interpreter is never picked: it is
+# for tests.
 
 
 def checked_backend(backend: str) -> str:
@@ -57,7 +57,9 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, block
             return resolve("triton", device, dtype, fits)
         except ValueError:  # e.g. triton not installed, a batch too large
             return "reference"
-    return CPU_AUTO if device.type == "cpu" else "reference"
+    if device.type == "cpu":
+        return "cpu" if native_cpu_unavailable(device, dtype) is None else "torch"
+    return "reference"
 
 
 def run(
