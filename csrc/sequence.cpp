@@ -97,6 +97,12 @@ Tensor weight_gradient(const Tensor& g, const Tensor& x) {
     return at::mm(g.t(), x);
 }
 
+// g^T x from x^T, as weight_gradient computes it (oneDNN's transposed left operand is this x^T).
+Tensor weight_gradient_transposed(const Tensor& g, const Tensor& x_transposed) {
+    if (onednn_linear(g.t(), x_transposed)) return product(x_transposed, g.t()).t().contiguous();
+    return at::mm(g.t(), x_transposed.t());
+}
+
 struct CellSpec {
     CellKind kind;
     int64_t gates;
@@ -185,6 +191,22 @@ Tensor previous_hidden(const SequenceShape& shape, const Tensor& output, const T
         }
     }
     return at::cat({output, h0}).index_select(0, at::tensor(index, output.options().dtype(at::kLong)));
+}
+
+// previous_hidden(...)^T, (H_out, N) contiguous, for W_hh's gradient: for padded input written straight from h0 and
+// the output rows, without the (N, H_out) copy that would then be transposed into another.
+Tensor previous_hidden_transposed(const SequenceShape& shape, const Tensor& output, const Tensor& h0) {
+    if (!every_step_full(shape)) return previous_hidden(shape, output, h0).t().contiguous();
+    const int64_t N = output.size(0), B = shape.batch;
+    Tensor transposed = at::empty({output.size(1), N}, output.options());
+    if (shape.steps.front().offset == 0) {  // forward in time: row r started from row r - B, the first B from h0
+        transposed.slice(1, 0, B).copy_(h0.t());
+        transposed.slice(1, B, N).copy_(output.slice(0, 0, N - B).t());
+    } else {
+        transposed.slice(1, 0, N - B).copy_(output.slice(0, B, N).t());
+        transposed.slice(1, N - B, N).copy_(h0.t());
+    }
+    return transposed;
 }
 
 // h_n: for each b, the output row of the last step (in visiting order) that b was active in.
@@ -359,12 +381,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     tensors.saved = saved;
     tensors.weight_hh = weight_hh;
     if (weight_hr) tensors.weight_hr = *weight_hr;
-    // W_hh's gradient needs it, and the GRU's step-loop kernel reads it; the CPU loop finds h in place.
+    // The step loop's W_hh gradient reads it, and its GRU kernel; the CPU loop finds h in place, and its W_hh gradient
+    // gets it transposed after the loop (previous_hidden_transposed).
     const bool step_loop = StepLoop || input.is_cuda();
-    if (needs_grad.get(4) || (gru && step_loop)) tensors.previous_hidden = previous_hidden(shape, output, h0);
+    if (step_loop && (needs_grad.get(4) || gru)) tensors.previous_hidden = previous_hidden(shape, output, h0);
     tensors.grad_input_gates = at::empty({N, G * H}, options);
-    // Only the GRU's gradients of the input and hidden projections differ (n = tanh(x_n + r * h_n)).
-    tensors.grad_hidden_gates = gru ? at::empty({N, G * H}, options) : tensors.grad_input_gates;
+    // Only the GRU's gradients of the input and hidden projections differ (n = tanh(x_n + r * h_n)); the CPU loop
+    // keeps its hidden side's for two steps only (BackwardBuffers::grad_hidden_gates).
+    tensors.grad_hidden_gates = !gru ? tensors.grad_input_gates : at::empty({step_loop ? N : 2 * B, G * H}, options);
     if (weight_hr) tensors.grad_projected = at::empty({N, H_out}, options);
     if (zoneout) tensors.zoneout = *zoneout;
 
@@ -376,17 +400,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
 #endif
 
     // In needs_grad's order: input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; only those asked for.
+    // The input side's first: after them the CPU loop's GRU turns grad_input_gates into the hidden side's in place.
     const Tensor& grad_input_gates = tensors.grad_input_gates;
-    const Tensor& grad_hidden_gates = tensors.grad_hidden_gates;
     const auto none = [&] { return at::empty({0}, options); };
     const auto wanted = [&](int i, auto compute) { return needs_grad.get(i) ? compute() : none(); };
+    Tensor grad_input = wanted(0, [&] { return product(grad_input_gates, weight_ih.t()); });
+    Tensor grad_weight_ih = wanted(3, [&] { return weight_gradient(grad_input_gates, input); });
+    Tensor grad_bias_ih = wanted(5, [&] { return grad_input_gates.sum(0); });
+    Tensor grad_hidden_gates = tensors.grad_hidden_gates;
+    if (gru && !step_loop && (needs_grad.get(4) || needs_grad.get(6))) {
+        grad_input_gates.slice(1, 2 * H, 3 * H).mul_(saved.slice(1, 0, H));  // the n block times r
+        grad_hidden_gates = grad_input_gates;
+    }
+    Tensor grad_weight_hh = wanted(4, [&] {
+        return step_loop ? weight_gradient(grad_hidden_gates, tensors.previous_hidden)
+                         : weight_gradient_transposed(grad_hidden_gates, previous_hidden_transposed(shape, output, h0));
+    });
     return {
-        wanted(0, [&] { return product(grad_input_gates, weight_ih.t()); }),
+        grad_input,
         wanted(1, [&] { return grad_h0; }),
         wanted(2, [&] { return grad_c0; }),
-        wanted(3, [&] { return weight_gradient(grad_input_gates, input); }),
-        wanted(4, [&] { return weight_gradient(grad_hidden_gates, tensors.previous_hidden); }),
-        wanted(5, [&] { return grad_input_gates.sum(0); }),
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
         wanted(6, [&] { return grad_hidden_gates.sum(0); }),
         wanted(7, [&] { return weight_gradient(tensors.grad_projected, projection_input); }),
     };

@@ -80,7 +80,9 @@ struct BackwardBuffers {
     const scalar_t* weight_hh;    // [G*H, H_out]
     const scalar_t* weight_hr;    // [P, H] or null
     scalar_t* grad_input_gates;   // [N, G*H] gradient of x W_ih^T + b_ih
-    scalar_t* grad_hidden_gates;  // [N, G*H] gradient of h W_hh^T + b_hh: the same buffer except for the GRU
+    // Gradient of h W_hh^T + b_hh: grad_input_gates itself except for the GRU, whose n block differs (r times the
+    // input side's); the GRU's are kept for two steps only, [2, B, G*H], step s's rows at index s % 2.
+    scalar_t* grad_hidden_gates;
     scalar_t* grad_projected;     // [N, P] gradient of the projected output, or null
     const scalar_t* zoneout;      // as ForwardBuffers::zoneout
 };
@@ -108,7 +110,8 @@ struct ForwardTensors {
 struct BackwardTensors {
     at::Tensor grad_output, grad_h_n, grad_c_n, output, saved, weight_hh, weight_hr;
     at::Tensor previous_hidden;  // [N, H_out] the h each row's step started from (read by the GRU's gate math)
-    at::Tensor grad_input_gates, grad_hidden_gates, grad_projected;  // written, as in BackwardBuffers
+    at::Tensor grad_input_gates, grad_projected;  // written, as in BackwardBuffers
+    at::Tensor grad_hidden_gates;  // [N, G*H]: every row (grad_input_gates itself except for the GRU)
     at::Tensor zoneout;  // keep weights as ForwardBuffers::zoneout (math dtype), or undefined
 };
 

@@ -439,7 +439,7 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                         d.pre_o.store(dgx + 3 * H, count);
                         (keep ? d.c_prev + dc_kept : d.c_prev).store(dc, count);
                     } else if constexpr (C == CellKind::gru) {
-                        T* dgh = buf.grad_hidden_gates + row * G * H + u0;
+                        T* dgh = buf.grad_hidden_gates + ((s & 1) * B + b) * G * H + u0;
                         Vec dh_kept(T(0));
                         if (keep) {
                             const auto z = zoneout_backward<Vec>(Vec::loadu(keep, count), dh);
@@ -482,6 +482,7 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                 const int64_t k0 = j * U;
                 const int count = static_cast<int>(std::min<int64_t>(U, H_out - k0));
                 const auto gate_row = [&](int64_t b) -> const T* {
+                    if constexpr (C == CellKind::gru) return buf.grad_hidden_gates + ((s & 1) * B + b) * G * H;
                     return buf.grad_hidden_gates + (step.offset + b) * G * H;
                 };
                 const auto store = [&](int64_t b, const Vec* acc) {
@@ -496,7 +497,8 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                                     gate_row, store);
             }
             // No barrier here: the next step first reads only the blocks of dh this thread just wrote, and writes
-            // rows of the gate gradients other than those the product above reads.
+            // rows of the gate gradients other than those the product above reads (the GRU's hidden side: the other
+            // of its two steps' buffers; a thread reaches the step after next only past the next step's barrier).
         }
     }
 }
