@@ -19,6 +19,7 @@ def plain_eager(tensor: torch.Tensor) -> bool:
     return (
         type(tensor) is torch.Tensor
         and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._are_functorch_transforms_active()
     )
