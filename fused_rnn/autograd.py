@@ -103,11 +103,7 @@ def forward(
     """sequence_forward's outputs, differentiable when `save`; in plain eager mode without the registered op's cost
     (fused_rnn.eager)."""
     arguments = (cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse, save)
-    if not eager.plain_eager(input):
-        return sequence_forward(*arguments, backend, zoneout)
-    if not save:
-        return _run_forward(*arguments, backend, zoneout)
-    return _EagerSequence.apply(*arguments, backend, zoneout)
+    return _FORWARD(input, *arguments, backend, zoneout, differentiable=save)
 
 
 @sequence_forward.register_fake
@@ -240,8 +236,8 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projectio
     if torch.is_grad_enabled():
         grads = _differentiable_backward(ctx, tensors, zoneout, needs_grad, grad_output, grad_h_n, grad_c_n)
     else:
-        run = _run_backward if eager.plain_eager(grad_output) else sequence_backward
-        grads = run(
+        grads = _BACKWARD(
+            grad_output,
             ctx.cell,
             grad_output.contiguous(),
             grad_h_n.contiguous(),
@@ -290,4 +286,5 @@ def _differentiable_backward(ctx, tensors, zoneout, needs_grad, grad_output, gra
 sequence_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-_EagerSequence = eager.autograd_function(_run_forward, _setup_context, _backward)
+_FORWARD = eager.Op(sequence_forward, _run_forward, _setup_context, _backward)
+_BACKWARD = eager.Op(sequence_backward, _run_backward)

@@ -25,12 +25,30 @@ def plain_eager(tensor: torch.Tensor) -> bool:
     )
 
 
-def autograd_function(
+class Op:
+    """Runs a registered op, or in plain eager mode its implementation directly: under an autograd.Function with the
+    op's own formula (`setup_context`, `backward`, as given to register_autograd) when the call is differentiable."""
+
+    def __init__(
+        self,
+        registered,
+        implementation: Callable,
+        setup_context: Callable | None = None,
+        backward: Callable | None = None,
+    ):
+        self.registered, self.implementation = registered, implementation
+        self.function = _autograd_function(implementation, setup_context, backward) if backward else None
+
+    def __call__(self, tensor: torch.Tensor, *arguments, differentiable: bool = False):
+        """The op's outputs for `arguments`; `tensor`, one of them, says whether the call is plain eager."""
+        if not plain_eager(tensor):
+            return self.registered(*arguments)
+        return self.function.apply(*arguments) if differentiable else self.implementation(*arguments)
+
+
+def _autograd_function(
     implementation: Callable, setup_context: Callable, backward: Callable
 ) -> type[torch.autograd.Function]:
-    """An autograd.Function that runs `implementation` (a registered op's body) with that op's `setup_context` and
-    `backward` (as given to register_autograd)."""
-
     class Eager(torch.autograd.Function):
         # forward(ctx, ...) rather than a separate setup_context: with one, apply binds the arguments to forward's
         # signature through inspect on every call.

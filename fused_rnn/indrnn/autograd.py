@@ -97,12 +97,9 @@ def forward(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonl
     """indrnn_forward's outputs, differentiable; in plain eager mode without the registered op's cost
     (fused_rnn.eager)."""
     arguments = (input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, kernel)
-    if not eager.plain_eager(input):
-        return indrnn_forward(*arguments)
     leaves = (input, h0, weight_ih, weight_hh, bias_ih)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)):
-        return _run_forward(*arguments)
-    return _EagerIndRNN.apply(*arguments)
+    differentiable = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
+    return _FORWARD(input, *arguments, differentiable=differentiable)
 
 
 @indrnn_forward.register_fake
@@ -176,8 +173,8 @@ def _backward(ctx, grad_output, grad_h_n):
     if torch.is_grad_enabled():
         grads = _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_h_n)
     else:
-        run = _run_backward if eager.plain_eager(grad_output) else indrnn_backward
-        found = run(
+        found = _BACKWARD(
+            grad_output,
             grad_output.contiguous(),
             grad_h_n.contiguous(),
             input,
@@ -210,4 +207,5 @@ def _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_h_n):
 
 
 indrnn_forward.register_autograd(_backward, setup_context=_setup_context)
-_EagerIndRNN = eager.autograd_function(_run_forward, _setup_context, _backward)
+_FORWARD = eager.Op(indrnn_forward, _run_forward, _setup_context, _backward)
+_BACKWARD = eager.Op(indrnn_backward, _run_backward)

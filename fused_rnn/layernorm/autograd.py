@@ -101,9 +101,7 @@ layernorm_rnn_forward = torch.library.custom_op("fused_rnn::layernorm_rnn_forwar
 def forward(*arguments):
     """layernorm_rnn_forward's outputs (same arguments), differentiable when `save` (the last); in plain eager mode
     without the registered op's cost (fused_rnn.eager)."""
-    if not eager.plain_eager(arguments[1]):
-        return layernorm_rnn_forward(*arguments)
-    return _EagerLayerNorm.apply(*arguments) if arguments[-1] else _run_forward(*arguments)
+    return _FORWARD(arguments[1], *arguments, differentiable=arguments[-1])
 
 
 @layernorm_rnn_forward.register_fake
@@ -218,8 +216,8 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_grad_saved):
         grads = _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_h_n, grad_c_n)
     else:
         input, h0, _, weight_ih, weight_hh, _, _, norm_ih_weight, norm_hh_weight, norm_c_weight, norm_c_bias = leaves
-        run = _run_backward if eager.plain_eager(grad_output) else layernorm_rnn_backward
-        found = run(
+        found = _BACKWARD(
+            grad_output,
             ctx.cell,
             grad_output.contiguous(),
             grad_h_n.contiguous(),
@@ -261,4 +259,5 @@ def _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_h_n, gra
 
 
 layernorm_rnn_forward.register_autograd(_backward, setup_context=_setup_context)
-_EagerLayerNorm = eager.autograd_function(_run_forward, _setup_context, _backward)
+_FORWARD = eager.Op(layernorm_rnn_forward, _run_forward, _setup_context, _backward)
+_BACKWARD = eager.Op(layernorm_rnn_backward, _run_backward)

@@ -105,9 +105,7 @@ def forward(
         save,
         kernel,
     )
-    if not eager.plain_eager(input):
-        return multihead_forward(*arguments)
-    return _EagerMultiHead.apply(*arguments) if save else _run_forward(*arguments)
+    return _FORWARD(input, *arguments, differentiable=save)
 
 
 @multihead_forward.register_fake
@@ -261,8 +259,8 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_n_n, grad_m_n, _grad_sa
     else:
         input, h0, c0, n0, m0, weight_ih, weight_hh, _, _ = leaves
         present = len(STATES[ctx.cell])
-        run = _run_backward if eager.plain_eager(grad_output) else multihead_backward
-        found = run(
+        found = _BACKWARD(
+            grad_output,
             grad_output.contiguous(),
             *(g.contiguous() if i < present else None for i, g in enumerate(grad_state)),
             input,
@@ -317,4 +315,5 @@ def _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_state):
 
 
 multihead_forward.register_autograd(_backward, setup_context=_setup_context)
-_EagerMultiHead = eager.autograd_function(_run_forward, _setup_context, _backward)
+_FORWARD = eager.Op(multihead_forward, _run_forward, _setup_context, _backward)
+_BACKWARD = eager.Op(multihead_backward, _run_backward)
