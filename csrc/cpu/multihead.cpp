@@ -25,6 +25,7 @@
 
 #include "../cell_math.h"
 #include "../sequence.h"
+#include "dot.h"
 #include "vectorized_activations.h"
 
 namespace fused_rnn {
@@ -76,24 +77,6 @@ template <typename Body>
 void for_each_head(const Shape& shape, const Body& body) {
     const int64_t work = shape.batch * shape.gates * shape.head_dim * shape.head_dim;
     at::parallel_for(0, shape.heads, std::max<int64_t>(1, kHeadWorkPerThread / std::max<int64_t>(1, work)), body);
-}
-
-// x . y in SIMD lanes (two partial sums), added in a fixed order.
-template <typename T>
-T dot(const T* x, const T* y, int64_t n) {
-    using Vec = at::vec::Vectorized<T>;
-    constexpr int64_t W = Vec::size();
-    Vec sums[2] = {Vec(T(0)), Vec(T(0))};
-    int64_t k = 0;
-    for (; k + 2 * W <= n; k += 2 * W) {
-        sums[0] = at::vec::fmadd(Vec::loadu(x + k), Vec::loadu(y + k), sums[0]);
-        sums[1] = at::vec::fmadd(Vec::loadu(x + k + W), Vec::loadu(y + k + W), sums[1]);
-    }
-    for (; k < n; k += W) {  // the partial loads fill the lanes past n with zeros
-        const int left = static_cast<int>(std::min<int64_t>(W, n - k));
-        sums[0] = at::vec::fmadd(Vec::loadu(x + k, left), Vec::loadu(y + k, left), sums[0]);
-    }
-    return at::vec::vec_reduce_all<T>([](Vec a, Vec b) { return a + b; }, sums[0] + sums[1]);
 }
 
 template <typename T>

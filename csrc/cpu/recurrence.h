@@ -26,6 +26,7 @@
 
 #include "../cell_math.h"
 #include "../sequence.h"
+#include "dot.h"
 #include "vectorized_activations.h"
 
 namespace fused_rnn {
@@ -160,26 +161,6 @@ inline void panel_product(int64_t rows, int64_t K, const T* panel, const RowOf& 
     int64_t b = 0;
     for (; b + R <= rows; b += R) tile<T, NV, R>(b, K, panel, row_of, epilogue);
     tile_remainder<T, NV, R>(b, rows - b, K, panel, row_of, epilogue);
-}
-
-// x . y over K values, in SIMD lanes with four partial sums, added in a fixed order.
-template <typename T>
-inline T dot(const T* x, const T* y, int64_t K) {
-    using Vec = at::vec::Vectorized<T>;
-    constexpr int64_t U = Vec::size();
-    Vec sums[4] = {Vec(T(0)), Vec(T(0)), Vec(T(0)), Vec(T(0))};
-    int64_t k = 0;
-    for (; k + 4 * U <= K; k += 4 * U) {
-        for (int i = 0; i < 4; ++i) {
-            sums[i] = at::vec::fmadd(Vec::loadu(x + k + i * U), Vec::loadu(y + k + i * U), sums[i]);
-        }
-    }
-    for (; k + U <= K; k += U) sums[0] = at::vec::fmadd(Vec::loadu(x + k), Vec::loadu(y + k), sums[0]);
-    if (k < K) {  // the partial loads fill the lanes past K with zeros
-        const int left = static_cast<int>(K - k);
-        sums[1] = at::vec::fmadd(Vec::loadu(x + k, left), Vec::loadu(y + k, left), sums[1]);
-    }
-    return at::vec::vec_reduce_all<T>([](Vec a, Vec b) { return a + b; }, (sums[0] + sums[1]) + (sums[2] + sums[3]));
 }
 
 // For one row x (B = 1): acc[g] lane u = W[g * gate_rows + first + u] . x for u < count, W row-major with K
