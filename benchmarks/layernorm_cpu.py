@@ -8,7 +8,10 @@ Contenders, all float32 and all computing the same equations (fused_rnn/layernor
   baseline: the same equations, no library.
 - nn_loop_compiled: torch.compile(nn_loop, fullgraph=True) (inductor; the loop unrolls over T).
 - fused_rnn_reference: fused_rnn.layernorm's oracle (backend="reference").
-- fused_rnn_auto: what fused_rnn.LayerNormLSTM/GRU run on CPU with backend="auto".
+- fused_rnn_torch: the loop of torch ops with the input projection hoisted (backend="torch"; "auto" until the
+  compiled kernels).
+- fused_rnn_auto: what fused_rnn.LayerNormLSTM/GRU run on CPU with backend="auto": the compiled step loop ("cpu",
+  csrc/cpu/layernorm.cpp) where the extension is built.
 Each contender's output is checked against the float64 reference before it is timed.
 Writes OUT.json (the rows) and OUT.md (the table, with ratios to nn_loop).
 """
@@ -114,6 +117,7 @@ def contenders():
         "nn_loop": nn_contender(nn_loop),
         "nn_loop_compiled": nn_contender(torch.compile(nn_loop, fullgraph=True, dynamic=False)),
         "fused_rnn_reference": fused_rnn_contender("reference"),
+        "fused_rnn_torch": fused_rnn_contender("torch"),
         "fused_rnn_auto": fused_rnn_contender("auto"),
     }
 

@@ -138,6 +138,81 @@ __host__ __device__ inline GruBackward<V> gru_backward(V r, V z, V n, V h_n, V h
     return d;
 }
 
+// ------------------------------------------------------------------------------------ LayerNorm cells
+
+// LayerNorm LSTM and GRU (Ba et al. 2016, as fused_rnn/layernorm/reference.py): the per-unit parts. A row's mean and
+// 1 / std (and, backward, the means of the normalization's gradient terms) are the caller's reductions over the row
+// (csrc/layernorm.h). The GRU's cell is gru_forward/gru_backward with h_n the normalized recurrent n-part.
+template <typename V>
+__host__ __device__ inline V layer_normalized(V x, V mean, V rstd) {
+    return (x - mean) * rstd;
+}
+
+// The gradient of a normalization's input from that of its normalized output d (before any gain): rstd * (d -
+// mean(d) - normalized * mean(d * normalized)), the two means over the row.
+template <typename V>
+__host__ __device__ inline V layer_norm_backward(V d, V normalized, V mean_d, V mean_d_normalized, V rstd) {
+    return rstd * (d - mean_d - normalized * mean_d_normalized);
+}
+
+template <typename V>
+struct LayerNormLstmCell {
+    V i, f, g;  // gate activations (saved for the backward)
+    V c;        // c' = f * c + i * g, which h' reads normalized
+};
+
+template <typename V>
+__host__ __device__ inline LayerNormLstmCell<V> layernorm_lstm_cell(V pre_i, V pre_f, V pre_g, V c_prev) {
+    using A = Activations<V>;
+    LayerNormLstmCell<V> s;
+    s.i = A::sigmoid(pre_i);
+    s.f = A::sigmoid(pre_f);
+    s.g = A::tanh(pre_g);
+    s.c = s.f * c_prev + s.i * s.g;
+    return s;
+}
+
+template <typename V>
+struct LayerNormLstmOutput {
+    V o;  // the output gate (saved for the backward)
+    V h;  // h' = o * tanh(LN(c') * gain_c + bias_c)
+};
+
+template <typename V>
+__host__ __device__ inline LayerNormLstmOutput<V> layernorm_lstm_output(V pre_o, V c_normalized, V gain_c, V bias_c) {
+    using A = Activations<V>;
+    const V o = A::sigmoid(pre_o);
+    return {o, o * A::tanh(c_normalized * gain_c + bias_c)};
+}
+
+template <typename V>
+struct LayerNormLstmOutputBackward {
+    V pre_o;  // gradient of the output gate's pre-activation
+    V y;      // gradient of y = LN(c') * gain_c + bias_c (that of bias_c; times LN(c'), of gain_c)
+};
+
+template <typename V>
+__host__ __device__ inline LayerNormLstmOutputBackward<V> layernorm_lstm_output_backward(V o, V c_normalized, V gain_c,
+                                                                                      V bias_c, V dh) {
+    using A = Activations<V>;
+    const V one(1);
+    const V t = A::tanh(c_normalized * gain_c + bias_c);
+    return {dh * t * o * (one - o), dh * o * (one - t * t)};
+}
+
+template <typename V>
+struct LayerNormLstmCellBackward {
+    V pre_i, pre_f, pre_g;  // gradients of those gates' pre-activations
+    V c_prev;               // gradient of the cell state this step started from
+};
+
+// dc: the whole gradient of c' (through LN(c') and from the later steps).
+template <typename V>
+__host__ __device__ inline LayerNormLstmCellBackward<V> layernorm_lstm_cell_backward(V i, V f, V g, V c_prev, V dc) {
+    const V one(1);
+    return {dc * g * i * (one - i), dc * c_prev * f * (one - f), dc * i * (one - g * g), dc * f};
+}
+
 // ------------------------------------------------------------------------------------------- zoneout
 
 // Zoneout (Krueger et al. 2016) blends a step's new state s~ with the previous one by keep weights d per row and

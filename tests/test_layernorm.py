@@ -8,13 +8,40 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
-from fused_rnn.layernorm import functional
+from fused_rnn.backends import native
+from fused_rnn.layernorm import functional, sequence
 
 from checks import DEVICE, TOLERANCE, assert_close, assert_within_twice_torch_error, gradients
 from layers import packed_batch_sizes
 
 CELLS = ["lstm", "gru"]
 FUSED = ["triton", "torch"]
+# The compiled step loop (csrc/cpu/layernorm.cpp) where it is built: "cpu" on CPU tensors (float32 and float64),
+# "cuda" on CUDA tensors (float16 and bfloat16 too).
+if DEVICE.type == "cpu":
+    COMPILED = ["cpu"] if native.unavailable() is None else []
+else:
+    COMPILED = ["cuda"] if native.built_with_cuda() else []
+# "cuda-rows-on-host": the CUDA backend's driver with its kernel's arithmetic (one column per thread, a block's sums
+# over the row) run on the host by the ops layernorm_recurrence_*_row_loop, on CPU tensors (see cuda_rows_on_host).
+ROWS_ON_HOST = ["cuda-rows-on-host"] if DEVICE.type == "cpu" and native.unavailable() is None else []
+FUSED_FP32_FP64 = [*FUSED, *COMPILED, *ROWS_ON_HOST]
+FUSED_LOW_PRECISION = [*FUSED, *(b for b in COMPILED if b == "cuda"), *ROWS_ON_HOST]
+
+
+def runnable(backend, monkeypatch):
+    """`backend` itself, or for "cuda-rows-on-host" "auto", which then runs the CUDA backend's path with the row
+    loop ops in place of the kernel launches (every other backend asked for runs as usual)."""
+    if backend != "cuda-rows-on-host":
+        return backend
+    ops = native.ops()
+    loops = (ops.layernorm_recurrence_forward_row_loop, ops.layernorm_recurrence_backward_row_loop)
+    monkeypatch.setattr(sequence, "_recurrence", lambda kernel: loops)
+    chosen = functional.chosen_backend
+    monkeypatch.setattr(functional, "chosen_backend", lambda b, *rest: "cuda" if b == "auto" else chosen(b, *rest))
+    return "auto"
+
+
 NAMES = {
     "lstm": ["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "gain_ih", "gain_hh", "gain_c", "shift_c"],
     "gru": ["input", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "gain_ih", "gain_hh"],
@@ -119,8 +146,9 @@ def test_reference_matches_the_plain_loop(cell, steps, batch, input_size, hidden
 )
 @pytest.mark.parametrize("steps, batch, input_size, hidden", SHAPES)
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
-def test_fused_matches_reference(backend, cell, steps, batch, input_size, hidden, reverse, dtype):
+@pytest.mark.parametrize("backend", FUSED_FP32_FP64)
+def test_fused_matches_reference(backend, cell, steps, batch, input_size, hidden, reverse, dtype, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     tensors = leaves(cell, steps, batch, input_size, hidden, dtype=dtype)
     assert_match(
         cell,
@@ -133,8 +161,9 @@ def test_fused_matches_reference(backend, cell, steps, batch, input_size, hidden
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("lengths", [[5, 3, 3, 1], [1], [4, 2, 2, 1, 1]], ids=lambda x: "-".join(map(str, x)))
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
-def test_packed(backend, cell, lengths, reverse):
+@pytest.mark.parametrize("backend", FUSED_FP32_FP64)
+def test_packed(backend, cell, lengths, reverse, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     batch_sizes = packed_batch_sizes(lengths)
     tensors = leaves(cell, None, len(lengths), 4, 7, rows=sum(lengths))
     assert_match(
@@ -146,8 +175,9 @@ def test_packed(backend, cell, lengths, reverse):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
-def test_without_bias_and_without_hx(backend, cell):
+@pytest.mark.parametrize("backend", FUSED_FP32_FP64)
+def test_without_bias_and_without_hx(backend, cell, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     x, *rest = leaves(cell, 3, 2, 4, 5, bias=False)
     weights = rest[2:] if cell == "lstm" else rest[1:]
     if cell == "lstm":
@@ -165,13 +195,14 @@ def test_without_bias_and_without_hx(backend, cell):
 
 @pytest.mark.parametrize("packed, reverse", [(False, False), (True, True)], ids=["padded-forward", "packed-reverse"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_triton_gradcheck(cell, packed, reverse):
+@pytest.mark.parametrize("backend", ["triton", *COMPILED])
+def test_fused_gradcheck(backend, cell, packed, reverse):
     lengths = [2, 1]
     batch_sizes = packed_batch_sizes(lengths) if packed else None
     tensors = leaves(cell, 2, 2, 2, 3, rows=sum(lengths) if packed else None)
     # fast_mode checks a random projection of the Jacobian: the full one takes minutes in the interpreter (one
     # forward per input element), and every gradient entry is compared with the reference's in the tests above.
-    assert torch.autograd.gradcheck(lambda *t: run(cell, "triton", t, batch_sizes, reverse), tensors, fast_mode=True)
+    assert torch.autograd.gradcheck(lambda *t: run(cell, backend, t, batch_sizes, reverse), tensors, fast_mode=True)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -192,9 +223,10 @@ def test_double_backward_recomputes_through_the_reference(cell):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
-def test_low_precision_within_twice_torch_error(backend, cell, dtype):
+@pytest.mark.parametrize("backend", FUSED_LOW_PRECISION)
+def test_low_precision_within_twice_torch_error(backend, cell, dtype, monkeypatch):
     """Against the float64 reference, our error is at most twice that of the reference run in the same dtype."""
+    backend = runnable(backend, monkeypatch)
     exact_leaves = leaves(cell, 4, 2, 4, 16)
     low = [t.detach().to(dtype).requires_grad_() for t in exact_leaves]
     exact = outputs_and_gradients(cell, "reference", exact_leaves)
@@ -208,11 +240,12 @@ def test_low_precision_within_twice_torch_error(backend, cell, dtype):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
-def test_low_precision_carries_the_state_in_float32(backend, cell):
+@pytest.mark.parametrize("backend", FUSED_LOW_PRECISION)
+def test_low_precision_carries_the_state_in_float32(backend, cell, monkeypatch):
     """Zero weights make every normalized product 0, so the gates are their biases. The LSTM's c grows by
     tanh(1e-3) per step from 1 (f = i = 1); the GRU's h moves 1e-3 of the way from 0.5 to n = 1 per step. Either
     step is below half a bfloat16 spacing there (2**-8 at 1, 2**-9 at 0.5): a bfloat16 state would never move."""
+    backend = runnable(backend, monkeypatch)
     steps, hidden, bf16 = 64, 3, torch.bfloat16
     gates = (4 if cell == "lstm" else 3) * hidden
     x = torch.ones(steps, 1, 1, dtype=bf16, device=DEVICE)
@@ -236,9 +269,10 @@ def test_low_precision_carries_the_state_in_float32(backend, cell):
     assert_close("final state", torch.full_like(final, exact.item(), dtype=torch.float64), final, atol=0, rtol=2**-7)
 
 
-def test_triton_is_deterministic():
+@pytest.mark.parametrize("backend", ["triton", *COMPILED])
+def test_fused_is_deterministic(backend):
     tensors = leaves("lstm", 4, 6, 4, 9)
-    first, second = (outputs_and_gradients("lstm", "triton", tensors) for _ in range(2))
+    first, second = (outputs_and_gradients("lstm", backend, tensors) for _ in range(2))
     for a, b in zip([*first[0], *first[1]], [*second[0], *second[1]]):
         assert torch.equal(a, b)
 
@@ -274,8 +308,9 @@ def per_sequence_oracle(layer, padded, lengths, states):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
-def test_module_bidirectional_two_layers_on_unsorted_packed_input(backend, cell):
+@pytest.mark.parametrize("backend", FUSED_FP32_FP64)
+def test_module_bidirectional_two_layers_on_unsorted_packed_input(backend, cell, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     lengths = [3, 5, 1, 4]
     kind = fused_rnn.LayerNormLSTM if cell == "lstm" else fused_rnn.LayerNormGRU
     layer = kind(3, 4, num_layers=2, bidirectional=True, backend=backend).double().to(DEVICE)
@@ -372,8 +407,10 @@ def test_parameters_state_dict_and_init():
     assert torch.equal(copy.weight_hh_l1_reverse, layer.weight_hh_l1_reverse)
 
 
-def test_auto_on_cpu_runs_the_torch_loop_not_the_interpreter():
-    assert functional.chosen_backend("auto", torch.device("cpu"), torch.float32) == "torch"
+def test_auto_on_cpu_runs_the_compiled_kernels_else_the_torch_loop_never_the_interpreter():
+    compiled = "cpu" if native.unavailable() is None else "torch"
+    assert functional.chosen_backend("auto", torch.device("cpu"), torch.float32) == compiled
+    assert functional.chosen_backend("auto", torch.device("cpu"), torch.float64) == compiled
     assert functional.chosen_backend("auto", torch.device("cpu"), torch.bfloat16) == "torch"
 
 
@@ -432,13 +469,16 @@ def test_bad_input_is_rejected_with_named_errors():
         (TypeError, "hx must be a tuple", {"hx": h0}),
         (ValueError, "input must be 3-D", {"input": x[0]}),
         (TypeError, "floating-point", {"input": x.long()}),
-        (ValueError, "backend must be one of", {"backend": "cpu"}),
+        (ValueError, "backend must be one of", {"backend": "persistent"}),
         (ValueError, "batch_sizes must be positive and non-increasing", {"input": x[0], "batch_sizes": [1, 2]}),
         (ValueError, "batch_sizes sum to", {"input": x[0], "batch_sizes": [2, 2]}),
     ]
     for error, message, changes in cases:
         with pytest.raises(error, match=message):
             call(**changes)
+    low_precision = {name: value.bfloat16() for name, value in arguments.items() if name != "hx"}
+    with pytest.raises(ValueError, match="backend='cpu' cannot run here: dtype torch.bfloat16 is not supported"):
+        functional.layernorm_lstm(**low_precision, hx=None, backend="cpu")
     gru_weights = [torch.ones(15, 4), torch.ones(15, 5), torch.ones(15), None, torch.ones(15), torch.ones(15)]
     with pytest.raises(ValueError, match="bias_ih and bias_hh must both be given or both be None"):
         functional.layernorm_gru(x.float(), None, *gru_weights)
@@ -449,7 +489,7 @@ def test_bad_input_is_rejected_with_named_errors():
     with pytest.raises(ValueError, match="dropout must be"):
         fused_rnn.LayerNormLSTM(3, 4, dropout=1.5)
     with pytest.raises(ValueError, match="backend must be one of"):
-        fused_rnn.LayerNormGRUCell(3, 4, backend="cuda")
+        fused_rnn.LayerNormGRUCell(3, 4, backend="persistent")
     with pytest.raises(ValueError, match="input.size\\(-1\\) must be equal to input_size"):
         fused_rnn.LayerNormGRU(3, 4)(torch.zeros(2, 1, 5))
     with pytest.raises(ValueError, match="h0 must have shape"):

@@ -1,5 +1,6 @@
-"""The compiled CUDA kernels (backend="cuda": csrc/cuda/recurrence.cu driven by csrc/sequence.cpp, and IndRNN's
-csrc/cuda/indrnn.cu).
+"""The compiled CUDA kernels (backend="cuda": csrc/cuda/recurrence.cu driven by csrc/sequence.cpp, IndRNN's
+csrc/cuda/indrnn.cu, and LayerNorm LSTM/GRU's csrc/cuda/layernorm.cu, whose arithmetic tests/test_layernorm.py runs
+on the host).
 
 Without a GPU: the extension imports, registers its CUDA kernels under the same op names as its CPU kernels,
 every CUDA kernel compiled for sm_80 and sm_90 uses no local memory (no register spills), read from the built
@@ -30,7 +31,14 @@ pytestmark = pytest.mark.skipif(
     reason=f"the compiled extension has no CUDA kernels: {native.unavailable() or native.cuda_unbuildable()}",
 )
 
-OPS = ["sequence_forward", "sequence_backward", "indrnn_recurrence_forward", "indrnn_recurrence_backward"]
+OPS = [
+    "sequence_forward",
+    "sequence_backward",
+    "indrnn_recurrence_forward",
+    "indrnn_recurrence_backward",
+    "layernorm_recurrence_forward",
+    "layernorm_recurrence_backward",
+]
 NAMES = ["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 STORAGE_TYPES = {"float": "f", "double": "d", "c10::Half": "N3c104HalfE", "c10::BFloat16": "N3c108BFloat16E"}
@@ -82,6 +90,9 @@ def test_every_cuda_kernel_is_compiled_for_sm80_and_sm90_without_spills():
         # IndRNN's whole-sequence kernels: 2 directions x 4 storage types.
         names += [name for name in kernels if "indrnn_" in name and "_kernel" in name]
         assert len(names) == (2 * len(CELLS) + 2) * len(STORAGE_TYPES), sorted(names)
+        # LayerNorm LSTM/GRU's row kernels: 2 directions x 4 storage types.
+        names += [name for name in kernels if "layernorm_cu" in name and "_kernel" in name]
+        assert len(names) == (2 * len(CELLS) + 4) * len(STORAGE_TYPES), sorted(names)
         for name in names:
             assert kernels[name]["LOCAL"] == 0 and kernels[name]["STACK"] == 0, (arch, name, kernels[name])
 

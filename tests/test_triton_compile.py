@@ -203,10 +203,10 @@ def _record_layernorm() -> list[Specialization]:
     sweep = itertools.product(SWEEP_DTYPES, sweep_shapes, ("lstm", "gru"), (True,), (True,))
     try:
         for dtype, (batch, hidden), cell, bias, training in standard:
-            _run_layernorm_driver(layernorm, cell, dtypes[dtype], batch, hidden, bias, training)
+            _run_layernorm_driver(cell, dtypes[dtype], batch, hidden, bias, training)
         from_standard = len(recorded)
         for dtype, (batch, hidden), cell, bias, training in sweep:
-            _run_layernorm_driver(layernorm, cell, dtypes[dtype], batch, hidden, bias, training)
+            _run_layernorm_driver(cell, dtypes[dtype], batch, hidden, bias, training)
     finally:
         for name, kernel in kernels.items():
             setattr(layernorm, name, kernel)
@@ -220,9 +220,9 @@ def _record_layernorm() -> list[Specialization]:
     return list(dict.fromkeys(recorded[:from_standard] + largest))
 
 
-def _run_layernorm_driver(layernorm, cell, dtype, batch, hidden, bias, training):
+def _run_layernorm_driver(cell, dtype, batch, hidden, bias, training):
     """One forward (and, when training, one backward) of a LayerNorm layer with input size = hidden, on meta
-    tensors."""
+    tensors, through the driver that launches the Triton kernels."""
     import torch
 
     meta = {"device": "meta", "dtype": dtype}
@@ -234,12 +234,14 @@ def _run_layernorm_driver(layernorm, cell, dtype, batch, hidden, bias, training)
     biases = [vector(width) if bias else None, vector(width) if bias and not lstm else None]
     gains = [vector(width), vector(width)]
     cell_norm = [vector(hidden), vector(hidden)] if lstm else [None, None]
-    output, h_n, c_n, *saved = layernorm.sequence_forward(
-        cell, input, h0, c0, *weights, *biases, *gains, *cell_norm, None, False, training
+    from fused_rnn.layernorm import sequence
+
+    output, h_n, c_n, *saved = sequence.sequence_forward(
+        cell, input, h0, c0, *weights, *biases, *gains, *cell_norm, None, False, training, "triton"
     )
     if training:
         needs_grad = [True, True, lstm, True, True, bias, bias and not lstm, True, True, lstm, lstm]
-        layernorm.sequence_backward(
+        sequence.sequence_backward(
             cell,
             torch.empty_like(output),
             torch.empty_like(h_n),
@@ -254,6 +256,7 @@ def _run_layernorm_driver(layernorm, cell, dtype, batch, hidden, bias, training)
             None,
             False,
             needs_grad,
+            "triton",
         )
 
 

@@ -24,10 +24,12 @@ SOURCES = (
     "cpu/recurrence_avx512.cpp",
     "cpu/indrnn.cpp",
     "cpu/multihead.cpp",
+    "cpu/layernorm.cpp",
 )
 CUDA_SOURCES = (
     "cuda/recurrence.cu",
     "cuda/indrnn.cu",
+    "cuda/layernorm.cu",
     "persistent/forward.cu",
     "persistent/backward.cu",
     "persistent/binding.cpp",
@@ -63,11 +65,12 @@ def cuda_unbuildable() -> str | None:
 
 def cxx_flags(with_cuda: bool) -> list[str]:
     """Compiler flags of the C++ sources: optimised, OpenMP (the CPU kernel's one parallel region, on the same
-    libgomp torch loads), and on x86-64 AVX2 + FMA so at::vec::Vectorized uses 8-wide float vectors and SLEEF.
+    libgomp torch loads), and on x86-64 AVX2 + FMA so at::vec::Vectorized uses 8-wide float vectors and SLEEF (and
+    F16C, which every AVX2 CPU has, for c10::Half's conversions in the host row loops of csrc/cpu/layernorm.cpp).
     with_cuda: the driver also registers the CUDA kernels."""
     flags = ["-O3", "-fopenmp"]
     if platform.machine() in ("x86_64", "AMD64"):
-        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return flags + ["-DFUSED_RNN_WITH_CUDA"] if with_cuda else flags
 
 

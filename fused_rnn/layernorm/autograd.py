@@ -1,11 +1,11 @@
 """LayerNorm LSTM/GRU's fused sequence as registered torch.library ops, with their autograd formula.
 
-`fused_rnn::layernorm_rnn_forward` runs one direction of one layer with fused_rnn.backends.triton.layernorm's driver
-(the input GEMM and its normalization once, then per step one GEMM and one Triton kernel) and returns, besides the
-output and final states, what the backward needs. `fused_rnn::layernorm_rnn_backward` walks the steps in reverse
-(one kernel and one GEMM per step) and forms the weight, bias and gain gradients after the loop. Fake
-implementations let torch.compile trace both with no graph break. When the backward must itself be differentiable
-(create_graph=True), it recomputes through the reference, so higher-order gradients are exact.
+`fused_rnn::layernorm_rnn_forward` runs one direction of one layer with fused_rnn.layernorm.sequence's driver (the
+input GEMM and its normalization once, then per step one GEMM and one fused kernel: Triton's, or the compiled one of
+csrc/) and returns, besides the output and final states, what the backward needs. `fused_rnn::layernorm_rnn_backward`
+walks the steps in reverse (one kernel and one GEMM per step) and forms the weight, bias and gain gradients after the
+loop. Fake implementations let torch.compile trace both with no graph break. When the backward must itself be
+differentiable (create_graph=True), it recomputes through the reference, so higher-order gradients are exact.
 """
 
 import contextlib
@@ -13,7 +13,7 @@ import contextlib
 import torch
 
 from fused_rnn import eager
-from fused_rnn.layernorm import reference
+from fused_rnn.layernorm import reference, sequence
 
 # The differentiable inputs of the forward op, in its order (after `cell`), and the backward op's outputs.
 LEAVES = (
@@ -34,13 +34,6 @@ LEAVES = (
 # tensors; a gradient per leaf.
 FORWARD_OUTPUTS = tuple[(torch.Tensor,) * 10]
 BACKWARD_OUTPUTS = tuple[(torch.Tensor,) * len(LEAVES)]
-
-
-def _driver():
-    # Imported on first use so that importing fused_rnn never compiles or interprets Triton code.
-    from fused_rnn.backends.triton import layernorm
-
-    return layernorm
 
 
 def _on_device_of(tensor: torch.Tensor):
@@ -64,11 +57,13 @@ def _run_forward(
     batch_sizes: list[int] | None,
     reverse: bool,
     save: bool,
+    kernel: str = "triton",
 ) -> FORWARD_OUTPUTS:
     """One direction of one LayerNorm LSTM ("lstm") or GRU ("gru") layer, fused.
 
     Args: as fused_rnn.layernorm.reference.sequence, with input as (N, I) time-major rows and every tensor
-        contiguous; save: keep what the backward needs (else those outputs have no rows).
+        contiguous; save: keep what the backward needs (else those outputs have no rows); kernel: what runs the step
+        loop, "triton" or "native" (fused_rnn.layernorm.sequence).
 
     Returns:
         output (N, H), h_n (B, H), c_n (B, H) (empty for the GRU), then the saved tensors: x W_ih^T (N, G * H) and
@@ -76,7 +71,7 @@ def _run_forward(
         cell's saved states (N, 2H or H) and the per-row 1 / std of the step's normalizations (N, 2 or 1).
     """
     with _on_device_of(input):
-        return _driver().sequence_forward(
+        return sequence.sequence_forward(
             cell,
             input,
             h0,
@@ -92,6 +87,7 @@ def _run_forward(
             batch_sizes,
             reverse,
             save,
+            kernel,
         )
 
 
@@ -99,9 +95,9 @@ layernorm_rnn_forward = torch.library.custom_op("fused_rnn::layernorm_rnn_forwar
 
 
 def forward(*arguments):
-    """layernorm_rnn_forward's outputs (same arguments), differentiable when `save` (the last); in plain eager mode
-    without the registered op's cost (fused_rnn.eager)."""
-    return _FORWARD(arguments[1], *arguments, differentiable=arguments[-1])
+    """layernorm_rnn_forward's outputs (same arguments, all given), differentiable when `save` (the one before the
+    kernel); in plain eager mode without the registered op's cost (fused_rnn.eager)."""
+    return _FORWARD(arguments[1], *arguments, differentiable=arguments[-2])
 
 
 @layernorm_rnn_forward.register_fake
@@ -121,9 +117,10 @@ def _(
     batch_sizes,
     reverse,
     save,
+    kernel="triton",
 ):
     c_n = torch.empty_like(c0) if cell == "lstm" else input.new_empty(0)
-    saved = _driver().saved_outputs(cell, input, h0.shape[1], save)
+    saved = sequence.saved_outputs(cell, input, h0.shape[1], save)
     return (input.new_empty(input.shape[0], h0.shape[1]), torch.empty_like(h0), c_n, *saved)
 
 
@@ -145,10 +142,11 @@ def _run_backward(
     batch_sizes: list[int] | None,
     reverse: bool,
     needs_grad: list[bool],
+    kernel: str = "triton",
 ) -> BACKWARD_OUTPUTS:
     """Gradients of the forward op's LEAVES, each empty unless its needs_grad entry is set."""
     with _on_device_of(input):
-        return _driver().sequence_backward(
+        return sequence.sequence_backward(
             cell,
             grad_output,
             grad_h_n,
@@ -166,6 +164,7 @@ def _run_backward(
             batch_sizes,
             reverse,
             needs_grad,
+            kernel,
         )
 
 
@@ -191,6 +190,7 @@ def _(
     batch_sizes,
     reverse,
     needs_grad,
+    kernel="triton",
 ):
     vector = norm_ih_weight.shape
     cell_vector = norm_c_weight.shape if norm_c_weight is not None else (0,)
@@ -200,8 +200,8 @@ def _(
 
 
 def _setup_context(ctx, inputs, output):
-    cell, *leaves, batch_sizes, reverse, _ = inputs
-    ctx.cell, ctx.batch_sizes, ctx.reverse = cell, batch_sizes, reverse
+    cell, *leaves, batch_sizes, reverse, _, kernel = inputs
+    ctx.cell, ctx.batch_sizes, ctx.reverse, ctx.kernel = cell, batch_sizes, reverse, kernel
     ctx.save_for_backward(*leaves, output[0], *output[3:])
     ctx.mark_non_differentiable(*output[3:])
 
@@ -235,9 +235,10 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, *_grad_saved):
             ctx.batch_sizes,
             ctx.reverse,
             needs_grad,
+            ctx.kernel,
         )
         grads = [g if needed else None for g, needed in zip(found, needs_grad)]
-    return (None, *grads, None, None, None)
+    return (None, *grads, None, None, None, None)
 
 
 def _differentiable_backward(ctx, leaves, needs_grad, grad_output, grad_h_n, grad_c_n):

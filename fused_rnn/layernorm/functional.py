@@ -7,20 +7,19 @@ from collections.abc import Sequence
 
 import torch
 
-from fused_rnn.backends import resolve
+from fused_rnn.backends import native_cpu_unavailable, resolve
 from fused_rnn.functional import checked_state
 from fused_rnn.layernorm import autograd, reference, torch_loop
 from fused_rnn.layernorm.reference import GATES
 
 Tensor = torch.Tensor
 
-BACKENDS = ("auto", "triton", "torch", "reference")
-# "auto" on CPU: the loop of torch ops with the input projection and its normalization hoisted out of the loop
-# ("torch"). In benchmarks/results/layernorm_cpu.md (a shared 2-core machine, noise +-30%) it beat the reference in 6
-# of 8 rows (0.49-0.80x: at B=1 and in forward at B=32); at B=32 forward+backward it measured 1.2-1.3x the reference's
-# time there, while a profile of that LSTM case on a quieter moment gave 44 ms against the reference's 56 (fewer,
-# larger GEMMs). The Triton interpreter is never picked: it is for tests.
-CPU_AUTO = "torch"
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch", "reference")
+# "auto" on CPU: the compiled kernels ("cpu": per step one GEMM and the rows' normalizations and cell math in one
+# call, with no Python per step) for float32/float64, else the loop of torch ops with the input projection and its
+# normalization hoisted out of the loop ("torch"). benchmarks/results/layernorm_cpu.md compares them with the
+# reference and with a torch.nn-composed loop. On CUDA "auto" keeps "triton" until GPU measurements of "cuda" are
+# committed. The Triton interpreter is never picked: it is for tests.
 
 
 def checked_backend(backend: str) -> str:
@@ -39,8 +38,12 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, step_
     step_elements: batch x gates x hidden, which the Triton kernels index with 32-bit offsets within a step.
     """
     fits = step_elements < 2**31
-    if checked_backend(backend) == "triton":
-        return resolve("triton", device, dtype, fits)  # raises, naming what is missing, when Triton cannot run here
+    if checked_backend(backend) in ("triton", "cuda"):
+        return resolve(backend, device, dtype, fits)  # raises, naming what is missing, when it cannot run here
+    if backend == "cpu":
+        reason = native_cpu_unavailable(device, dtype)
+        if reason is not None:
+            raise ValueError(f"backend='cpu' cannot run here: {reason}")
     if backend != "auto":
         return backend
     if device.type == "cuda":
@@ -48,7 +51,9 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, step_
             return resolve("triton", device, dtype, fits)
         except ValueError:  # e.g. triton not installed, an unsupported dtype, a batch too large
             return "reference"
-    return CPU_AUTO if device.type == "cpu" else "reference"
+    if device.type == "cpu":
+        return "cpu" if native_cpu_unavailable(device, dtype) is None else "torch"
+    return "reference"
 
 
 def layernorm_lstm(
@@ -77,8 +82,9 @@ def layernorm_lstm(
         norm_c_weight, norm_c_bias: (H,) gain and shift of the cell-state normalization.
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
         reverse: run from the last time step to the first (the backward direction of a bidirectional layer).
-        backend: "auto", "triton" (per step one GEMM and one fused Triton kernel), "torch" (a loop of torch ops;
-            CPU's "auto") or "reference" (the equations step by step).
+        backend: "auto", "triton" (per step one GEMM and one fused Triton kernel), "cuda" and "cpu" (the same
+            step loop compiled, csrc/cpu/layernorm.cpp: CUDA tensors, or CPU tensors in float32/float64, CPU's "auto"),
+            "torch" (a loop of torch ops) or "reference" (the equations step by step).
 
     Returns:
         output (T, B, H) or (N, H), and (h_n, c_n), each (B, H).
@@ -190,7 +196,8 @@ def _run(cell, input, h0, c0, tensors, batch_sizes, reverse, backend):
     rows = input.reshape(-1, input.shape[-1])
     contiguous = [t.contiguous() if t is not None else None for t in (rows, *leaves[1:])]
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
-    output, h_n, c_n, *_ = autograd.forward(cell, *contiguous, batch_sizes, reverse, save)
+    kernel = "triton" if chosen == "triton" else "native"
+    output, h_n, c_n, *_ = autograd.forward(cell, *contiguous, batch_sizes, reverse, save, kernel)
     return output.reshape(*input.shape[:-1], output.shape[-1]), h_n, c_n if cell == "lstm" else None
 
 

@@ -155,7 +155,8 @@ class LayerNormLSTM(_LayerNormRNN):
     Args:
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional: as torch.nn.LSTM.
         proj_size: must be 0 (a projection is not supported).
-        backend: "auto", "triton", "torch" or "reference" (see fused_rnn.layernorm.functional.layernorm_lstm).
+        backend: "auto", "triton", "cuda", "cpu", "torch" or "reference"
+            (see fused_rnn.layernorm.functional.layernorm_lstm).
 
     Inputs: input (T, B, I), (B, T, I) when batch_first, unbatched (T, I), or a PackedSequence; hx = (h0, c0), each
     (num_layers * num_directions, B, hidden_size) or (num_layers * num_directions, hidden_size) when unbatched;
@@ -182,7 +183,8 @@ class LayerNormGRU(_LayerNormRNN):
 
     Args:
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional: as torch.nn.GRU.
-        backend: "auto", "triton", "torch" or "reference" (see fused_rnn.layernorm.functional.layernorm_gru).
+        backend: "auto", "triton", "cuda", "cpu", "torch" or "reference"
+            (see fused_rnn.layernorm.functional.layernorm_gru).
 
     Inputs: input as LayerNormLSTM's; hx (num_layers * num_directions, B, hidden_size), or
     (num_layers * num_directions, hidden_size) when unbatched; zeros when None.

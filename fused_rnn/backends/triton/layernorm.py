@@ -1,11 +1,11 @@
 """LayerNorm LSTM and GRU (fused_rnn/layernorm/reference.py has the equations): per step one GEMM and ONE Triton kernel.
 
-Forward: x W_ih^T for all steps is one GEMM and its normalization (with gain and bias) one layer_norm over all rows;
-then each step is `h W_hh^T` (torch.mm) and one kernel that normalizes that row, adds the input part, applies the
-cell, normalizes c' (LSTM) and writes h', the state and what the backward needs (gate activations, the normalized
-recurrent row, the per-row inverse standard deviations). Backward walks the steps in reverse with one kernel per step
-(the cell's gate gradients and both LayerNorm backwards inside it) and one `W_hh` GEMM; the weight, bias, gain and
-input gradients are single GEMMs/reductions after the loop.
+The step loop of fused_rnn/layernorm/sequence.py's driver (which runs the input projection and its normalization
+before, and the weight, bias, gain and input gradients after): forward, each step is `h W_hh^T` (torch.mm) and one
+kernel that normalizes that row, adds the input part, applies the cell, normalizes c' (LSTM) and writes h', the state
+and what the backward needs (gate activations, the normalized recurrent row, the per-row inverse standard
+deviations). Backward walks the steps in reverse with one kernel per step (the cell's gate gradients and both
+LayerNorm backwards inside it) and one `W_hh` GEMM. csrc/cpu/layernorm.cpp is the same loop compiled.
 
 A normalization needs a whole row (4H or 3H wide): each program owns BLOCK_B rows and walks their columns in chunks of
 BLOCK_H hidden units, each chunk covering the same units of every gate block, so the reductions never leave the
@@ -19,8 +19,9 @@ import triton
 import triton.language as tl
 
 from fused_rnn.backends.triton.cell_math import sigmoid, tanh
-from fused_rnn.layernorm.reference import EPS, GATES
-from fused_rnn.packing import previous_hidden, time_steps
+from fused_rnn.layernorm.reference import EPS
+from fused_rnn.layernorm.sequence import saved_step_outputs
+from fused_rnn.packing import time_steps
 
 # Elements of one [BLOCK_B, BLOCK_H] tile: the kernels hold about a dozen tiles at once (four gate blocks of two or
 # three quantities), so tiles are a quarter of the plain cell kernels' (fused_rnn/backends/triton/launch.py), and a
@@ -404,11 +405,6 @@ def gru_bwd_kernel(
     )
 
 
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 math for fp32/fp16/bf16 storage; float64 stays float64 so gradcheck can test the kernels."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _launch_config(batch: int, hidden: int, dtype: torch.dtype) -> tuple[dict, tuple[int]]:
     block_h = min(triton.next_power_of_2(hidden), MAX_BLOCK_H)
     elements = TILE_ELEMENTS // (4 if dtype == torch.float64 else 1)
@@ -417,67 +413,40 @@ def _launch_config(batch: int, hidden: int, dtype: torch.dtype) -> tuple[dict, t
     return constants, (triton.cdiv(batch, block_b),)
 
 
-def saved_outputs(cell: str, input: torch.Tensor, hidden: int, save: bool) -> tuple[torch.Tensor, ...]:
-    """Empty (input_gates, input_mean, input_rstd, activations, hidden_normed, cell_saved, rstd) as sequence_forward
-    returns them: per row, in ACC; no rows unless save."""
-    rows, acc, gates = (input.shape[0] if save else 0), accumulate_dtype(input.dtype), GATES[cell]
-    lstm = cell == "lstm"
-    return (
-        input.new_empty(rows, gates * hidden, dtype=acc),
-        input.new_empty(rows, 1, dtype=acc),
-        input.new_empty(rows, 1, dtype=acc),
-        input.new_empty(rows, 4 * hidden, dtype=acc),
-        input.new_empty(rows, gates * hidden, dtype=acc),
-        input.new_empty(rows, (2 if lstm else 1) * hidden, dtype=acc),
-        input.new_empty(rows, 2 if lstm else 1, dtype=acc),
-    )
-
-
-def normalized_input(input, weight_ih, bias_ih, norm_ih_weight):
-    """(LN(x W_ih^T) * gain + bias, x W_ih^T, mean, rstd) for all rows at once, in ACC: one GEMM, one layer_norm."""
-    acc = accumulate_dtype(input.dtype)
-    input_gates = torch.mm(input, weight_ih.t()).to(acc)
-    bias = bias_ih.to(acc) if bias_ih is not None else None
-    normed, mean, rstd = torch.ops.aten.native_layer_norm(
-        input_gates, [input_gates.shape[1]], norm_ih_weight.to(acc), bias, EPS
-    )
-    return normed, input_gates, mean.reshape(-1, 1), rstd.reshape(-1, 1)
-
-
-def sequence_forward(
+def recurrence_forward(
     cell,
-    input,
-    h0,
-    c0,
-    weight_ih,
+    input_normalized,
     weight_hh,
-    bias_ih,
-    bias_hh,
-    norm_ih_weight,
     norm_hh_weight,
+    bias_hh,
     norm_c_weight,
     norm_c_bias,
+    h0,
+    c0,
     batch_sizes,
     reverse,
     save,
 ):
-    """One direction of one layer; see fused_rnn.layernorm.autograd.sequence_forward for the arguments."""
-    batch, hidden = h0.shape
-    acc = accumulate_dtype(input.dtype)
-    output = input.new_empty(input.shape[0], hidden)
-    h = h0.clone()
-    state = (c0 if cell == "lstm" else h0).to(acc, copy=True)
-    input_normed, input_gates, input_mean, input_rstd = normalized_input(input, weight_ih, bias_ih, norm_ih_weight)
-    saved = saved_outputs(cell, input, hidden, save)
-    if save:
-        saved = (input_gates, input_mean, input_rstd, *saved[3:])
-    activations, hidden_normed, cell_saved, rstd = saved[3:]
-    hidden_gates = input.new_empty(batch, weight_hh.shape[0])
+    """The step loop of one direction of one layer: per step `h W_hh^T` (torch.mm) and one kernel.
 
-    for offset, active in time_steps(batch_sizes, input.shape[0], batch, reverse):
+    The contract of the compiled op fused_rnn_native::layernorm_recurrence_forward (csrc/cpu/layernorm.cpp):
+    input_normalized is LN(x W_ih^T) * gain_ih + bias_ih of every row (N, G * H) in ACC. Returns output (N, H), h_n,
+    c_n (empty for the GRU) and the saved activations (N, 4H), normalized h W_hh^T (N, G * H), cell (N, 2H or H) and
+    rstd (N, 2 or 1) in ACC, with no rows unless save.
+    """
+    batch, hidden = h0.shape
+    rows_total = input_normalized.shape[0]
+    output = h0.new_empty(rows_total, hidden)
+    h = h0.clone()
+    state = (c0 if cell == "lstm" else h0).to(input_normalized.dtype, copy=True)
+    saved = saved_step_outputs(cell, input_normalized, hidden, save)
+    activations, hidden_normed, cell_saved, rstd = saved
+    hidden_gates = h0.new_empty(batch, weight_hh.shape[0])
+
+    for offset, active in time_steps(batch_sizes, rows_total, batch, reverse):
         rows = slice(offset, offset + active)
         torch.mm(h[:active], weight_hh.t(), out=hidden_gates[:active])
-        constants, grid = _launch_config(active, hidden, input.dtype)
+        constants, grid = _launch_config(active, hidden, h0.dtype)
         step_saved = {
             "p_act": activations[rows] if save else None,
             "p_hnorm": hidden_normed[rows] if save else None,
@@ -485,7 +454,7 @@ def sequence_forward(
         }
         if cell == "lstm":
             lstm_fwd_kernel[grid](
-                p_xn=input_normed[rows],
+                p_xn=input_normalized[rows],
                 p_hg=hidden_gates[:active],
                 p_gain_hh=norm_hh_weight,
                 p_gain_c=norm_c_weight,
@@ -502,7 +471,7 @@ def sequence_forward(
             )
         else:
             gru_fwd_kernel[grid](
-                p_xn=input_normed[rows],
+                p_xn=input_normalized[rows],
                 p_hg=hidden_gates[:active],
                 p_gain_hh=norm_hh_weight,
                 p_bias_hh=bias_hh,
@@ -517,52 +486,48 @@ def sequence_forward(
                 **step_saved,
                 **constants,
             )
-    c_n = state.to(input.dtype) if cell == "lstm" else input.new_empty(0)
+    c_n = state.to(h0.dtype) if cell == "lstm" else h0.new_empty(0)
     return (output, h, c_n, *saved)
 
 
-def sequence_backward(
+def recurrence_backward(
     cell,
     grad_output,
     grad_h_n,
     grad_c_n,
-    input,
-    h0,
-    weight_ih,
     weight_hh,
-    norm_ih_weight,
     norm_hh_weight,
     norm_c_weight,
     norm_c_bias,
-    output,
-    saved,
+    activations,
+    hidden_normed,
+    cell_saved,
+    rstd,
     batch_sizes,
     reverse,
-    needs_grad,
 ):
-    """Backpropagation through time for one direction of one layer.
+    """Backpropagation through the steps: per step one kernel and one `W_hh` GEMM, in reverse.
 
-    needs_grad says which of (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, norm_ih_weight, norm_hh_weight,
-    norm_c_weight, norm_c_bias) want a gradient (never those the cell lacks: the GRU's c0 and cell norm, the LSTM's
-    bias_hh; bias_ih is the LSTM's one bias); the others come back empty and their GEMMs are skipped.
+    The contract of fused_rnn_native::layernorm_recurrence_backward: returns the gradients of LN(x W_ih^T) * gain_ih
+    + bias_ih (N, G * H) in ACC, of h W_hh^T (N, G * H), the LSTM's of LN(c') * gain_c + bias_c (N, H) or the GRU's of
+    LN(h W_hh^T) * gain_hh + bias_hh (N, G * H) in ACC, then those of h0 and c0 (empty for the GRU).
     """
-    input_gates, input_mean, input_rstd, activations, hidden_normed, cell_saved, rstd = saved
-    rows_total, (batch, hidden) = input.shape[0], h0.shape
-    acc = accumulate_dtype(input.dtype)
+    rows_total, (batch, hidden) = grad_output.shape[0], grad_h_n.shape
+    acc = activations.dtype
     width = weight_hh.shape[0]
-    grad_gates = input.new_empty(rows_total, width, dtype=acc)
-    grad_hidden_gates = input.new_empty(rows_total, width)
+    grad_gates = grad_output.new_empty(rows_total, width, dtype=acc)
+    grad_hidden_gates = grad_output.new_empty(rows_total, width)
     dh = grad_h_n.clone()
     if cell == "lstm":
         carried = grad_c_n.to(acc, copy=True)
-        grad_cell_out = input.new_empty(rows_total, hidden, dtype=acc)
+        grad_cell_side = grad_output.new_empty(rows_total, hidden, dtype=acc)
     else:  # the GRU's gradient through h' = z * h + ..., carried in ACC; all of grad_h_n starts there
         carried, dh = grad_h_n.to(acc, copy=True), torch.zeros_like(grad_h_n)
-        grad_recurrent = input.new_empty(rows_total, width, dtype=acc)
+        grad_cell_side = grad_output.new_empty(rows_total, width, dtype=acc)
 
     for offset, active in reversed(time_steps(batch_sizes, rows_total, batch, reverse)):
         rows = slice(offset, offset + active)
-        constants, grid = _launch_config(active, hidden, input.dtype)
+        constants, grid = _launch_config(active, hidden, grad_output.dtype)
         common = {
             "p_dh": dh,
             "p_dout": grad_output[rows],
@@ -581,47 +546,15 @@ def sequence_backward(
                 p_cell=cell_saved[rows],
                 p_gain_c=norm_c_weight,
                 p_bias_c=norm_c_bias,
-                p_dy=grad_cell_out[rows],
+                p_dy=grad_cell_side[rows],
                 **common,
                 **constants,
             )
         else:
             gru_bwd_kernel[grid](
-                p_dcarry=carried, p_hprev=cell_saved[rows], p_du=grad_recurrent[rows], **common, **constants
+                p_dcarry=carried, p_hprev=cell_saved[rows], p_du=grad_cell_side[rows], **common, **constants
             )
         torch.mm(grad_hidden_gates[rows], weight_hh, out=dh[:active])
-
-    # After the loop: the input normalization's backward over all rows at once, then GEMMs and column sums.
-    need_input_gates = any(needs_grad[i] for i in (0, 3, 5, 7))
-    grad_input_gates, grad_norm_ih, _ = torch.ops.aten.native_layer_norm_backward(
-        grad_gates,
-        input_gates,
-        [width],
-        input_mean,
-        input_rstd,
-        norm_ih_weight.to(acc),
-        None,
-        [need_input_gates, needs_grad[7], False],
-    )
-    if need_input_gates:
-        grad_input_gates = grad_input_gates.to(input.dtype)
-    # The LSTM's gate pre-activation is also the gradient of LN(h W_hh^T) * gain_hh; the GRU's differs in its n-part.
-    recurrent = grad_gates if cell == "lstm" else grad_recurrent
-    compute = (  # in needs_grad's order
-        lambda: torch.mm(grad_input_gates, weight_ih),
-        lambda: dh if cell == "lstm" else dh + carried,
-        lambda: carried,
-        lambda: torch.mm(grad_input_gates.t(), input),
-        lambda: torch.mm(grad_hidden_gates.t(), previous_hidden(output, h0, batch_sizes, reverse)),
-        lambda: grad_gates.sum(0),
-        lambda: recurrent.sum(0),
-        lambda: grad_norm_ih,
-        lambda: (recurrent * hidden_normed).sum(0),
-        lambda: (grad_cell_out * cell_saved[:, hidden:]).sum(0),
-        lambda: grad_cell_out.sum(0),
-    )
-    # One tensor per absent gradient: a custom op's outputs may not alias each other.
-    return tuple(
-        gradient().to(input.dtype) if needed else input.new_empty(0)
-        for gradient, needed in zip(compute, needs_grad, strict=True)
-    )
+    if cell == "lstm":
+        return grad_gates, grad_hidden_gates, grad_cell_side, dh, carried.to(grad_output.dtype)
+    return grad_gates, grad_hidden_gates, grad_cell_side, (dh + carried).to(grad_output.dtype), dh.new_empty(0)
