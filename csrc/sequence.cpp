@@ -82,20 +82,23 @@ const c10::TypedOperatorHandle<OneDnnLinear>* onednn_linear(const Tensor& a, con
     return nullptr;
 }
 
-// a b^T (+ bias).
-Tensor product(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias = std::nullopt) {
+}  // namespace
+
+Tensor product(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias) {
     if (const auto* linear = onednn_linear(a, b)) {
         return linear->call(a, b, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
     }
     return bias ? at::addmm(*bias, a, b.t()) : at::mm(a, b.t());
 }
 
-// g^T x, a weight's gradient, over all rows. oneDNN copies a transposed left operand to make it contiguous, so it
-// gets (x^T g)^T, whose left operand x^T is the narrower one: 68 ms instead of 95 at the shape above.
+// oneDNN copies a transposed left operand to make it contiguous, so it gets (x^T g)^T, whose left operand x^T is the
+// narrower one: 68 ms instead of 95 at the shape above.
 Tensor weight_gradient(const Tensor& g, const Tensor& x) {
     if (onednn_linear(g.t(), x.t())) return product(x.t().contiguous(), g.t()).t().contiguous();
     return at::mm(g.t(), x);
 }
+
+namespace {
 
 // g^T x from x^T, as weight_gradient computes it (oneDNN's transposed left operand is this x^T).
 Tensor weight_gradient_transposed(const Tensor& g, const Tensor& x_transposed) {

@@ -87,6 +87,12 @@ struct BackwardBuffers {
     const scalar_t* zoneout;      // as ForwardBuffers::zoneout
 };
 
+// The large GEMMs of the drivers: a b^T (+ bias), and a weight's gradient g^T x over all rows. float32 on x86-64 CPUs
+// goes through oneDNN's matmul where the product is large enough to pay for its per-call cost (about twice MKL's
+// speed on the AMD CPUs measured: csrc/sequence.cpp); elsewhere at::addmm / at::mm.
+at::Tensor product(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias = std::nullopt);
+at::Tensor weight_gradient(const at::Tensor& g, const at::Tensor& x);
+
 // The CPU recurrence: one parallel region for all steps (csrc/cpu/recurrence.h), compiled for AVX2 and AVX-512;
 // csrc/cpu/recurrence.cpp picks one per process, and cpu_instruction_set() says which: "AVX2" or "AVX512" on
 // x86-64, "DEFAULT" (at::vec's build for the compiler's target) elsewhere.

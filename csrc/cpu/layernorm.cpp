@@ -1,7 +1,8 @@
 // LayerNorm LSTM/GRU's recurrence (fused_rnn/layernorm): the step loop of one direction of one layer, for CPU tensors
-// and, in builds with the CUDA kernels, CUDA tensors. Per step, h W_hh^T is one GEMM (at::mm_out: MKL/oneDNN on CPU,
-// cuBLAS on CUDA) and the rows' pointwise work one call of csrc/layernorm.h's row bodies: on CPU each thread takes
-// whole rows and walks their columns in SIMD vectors; on CUDA a block per row (csrc/cuda/layernorm.cu).
+// and, in builds with the CUDA kernels, CUDA tensors. Per step, h W_hh^T is one GEMM (csrc/sequence.cpp's product:
+// oneDNN for large float32 products on x86-64 CPUs, else at::mm; cuBLAS on CUDA) and the rows' pointwise work one
+// call of csrc/layernorm.h's row bodies: on CPU each thread takes whole rows and walks their columns in SIMD vectors;
+// on CUDA a block per row (csrc/cuda/layernorm.cu).
 // Ops: fused_rnn_native::layernorm_recurrence_forward / layernorm_recurrence_backward (CPU: float32 and float64; CUDA
 // also float16 and bfloat16, with fp32 math and carried state), the contract of the Triton step loop
 // (fused_rnn/backends/triton/layernorm.py); and layernorm_recurrence_*_row_loop, which run the rows one column at a
@@ -13,7 +14,6 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -189,7 +189,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layernorm_rec
     Tensor hidden_normalized = at::empty({saved_rows, G * H}, math_options);
     Tensor cell_saved = at::empty({saved_rows, (lstm ? 2 : 1) * H}, math_options);
     Tensor rstd = at::empty({saved_rows, lstm ? 2 : 1}, math_options);
-    Tensor hidden_gates = at::empty({B, G * H}, h0.options());
     dispatch(rows, dtype, [&](auto storage) {
         using scalar_t = decltype(storage);
         using M = at::opmath_type<scalar_t>;
@@ -202,8 +201,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layernorm_rec
         step.h = h.data_ptr<scalar_t>();
         step.hidden = H;
         for (const Step s : steps) {
-            Tensor gates = hidden_gates.narrow(0, 0, s.active);
-            at::mm_out(gates, h.narrow(0, 0, s.active), weight_hh.t());
+            const Tensor gates = product(h.narrow(0, 0, s.active), weight_hh);
             step.input = input_normalized.data_ptr<M>() + s.offset * G * H;
             step.hidden_gates = gates.data_ptr<scalar_t>();
             step.output = output.data_ptr<scalar_t>() + s.offset * H;
@@ -259,6 +257,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layernorm_recurrence_backward
     // gradient through h' = z * h + ..., which starts as the whole gradient of h_n.
     Tensor dh = lstm ? grad_h_n.clone() : at::zeros_like(grad_h_n);
     Tensor carry = (lstm ? *grad_c_n : grad_h_n).to(math, false, true);
+    const Tensor weight_hh_transposed = weight_hh.t().contiguous();  // product(g, W^T) = g W
     dispatch(rows, dtype, [&](auto storage) {
         using scalar_t = decltype(storage);
         using M = at::opmath_type<scalar_t>;
@@ -283,8 +282,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layernorm_recurrence_backward
             step.grad_hidden_gates = step_grad_hidden_gates.data_ptr<scalar_t>();
             step.active = s->active;
             backward_rows(rows, lstm, step);
-            Tensor dh_active = dh.narrow(0, 0, s->active);
-            at::mm_out(dh_active, step_grad_hidden_gates, weight_hh);
+            dh.narrow(0, 0, s->active).copy_(product(step_grad_hidden_gates, weight_hh_transposed));
         }
     });
     if (lstm) return {grad_gates, grad_hidden_gates, grad_cell_side, dh, carry.to(dtype)};

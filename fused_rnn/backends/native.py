@@ -116,6 +116,27 @@ def ops():
     return torch.ops.fused_rnn_native
 
 
+class TorchGemms:
+    """torch's GEMMs, as gemms() gives them where the compiled ones do not apply."""
+
+    @staticmethod
+    def product(a, b, bias):
+        """a b^T (+ bias)."""
+        return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
+
+    @staticmethod
+    def weight_gradient(g, x):
+        """g^T x."""
+        return torch.mm(g.t(), x)
+
+
+def gemms(compiled_cpu: bool):
+    """The GEMMs around a recurrence, `product(a, b, bias)` and `weight_gradient(g, x)`: on a compiled CPU path those
+    of the C++ drivers (oneDNN for large float32 products on x86-64, where torch.mm's MKL runs AVX2 code on AMD CPUs;
+    csrc/sequence.cpp), else torch's."""
+    return ops() if compiled_cpu else TorchGemms
+
+
 def cpu_instruction_set() -> str | None:
     """Which build of the CPU recurrence runs: "AVX512" or "AVX2" on x86-64 (torch's CPU capability, so
     ATEN_CPU_CAPABILITY=avx2 forces the narrower one), "DEFAULT" elsewhere; None when the kernels are not loaded."""

@@ -14,6 +14,7 @@ import contextlib
 import torch
 
 from fused_rnn import eager
+from fused_rnn.backends import native
 from fused_rnn.indrnn import reference
 
 
@@ -31,28 +32,6 @@ def _recurrence(kernel: str):
     from fused_rnn.backends.triton import indrnn
 
     return indrnn
-
-
-class _TorchGemms:
-    @staticmethod
-    def product(a, b, bias):
-        """a b^T (+ bias)."""
-        return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
-
-    @staticmethod
-    def weight_gradient(g, x):
-        """g^T x."""
-        return torch.mm(g.t(), x)
-
-
-def _gemms(kernel: str):
-    """The GEMMs around the recurrence: on the compiled CPU path the C++ driver's (oneDNN for large float32 on
-    x86-64, where torch.mm's MKL runs AVX2 code on AMD CPUs; csrc/sequence.cpp), else torch's."""
-    if kernel == "cpu":
-        from fused_rnn.backends import native
-
-        return native.ops()
-    return _TorchGemms
 
 
 def _on_device_of(tensor: torch.Tensor):
@@ -84,7 +63,7 @@ def _run_forward(
         output (N, H) and h_n (B, H).
     """
     with _on_device_of(input):
-        projection = _gemms(kernel).product(input, weight_ih, bias_ih)
+        projection = native.gemms(kernel == "cpu").product(input, weight_ih, bias_ih)
         return _recurrence(kernel).recurrence_forward(
             projection, weight_hh, h0, batch_sizes, reverse, nonlinearity == "relu"
         )
@@ -128,7 +107,7 @@ def _run_backward(
         )
         need_input, need_h0, need_weight_ih, need_weight_hh, need_bias = needs_grad
         empty = lambda: input.new_empty(0)  # one per absent gradient: a custom op's outputs may not alias each other
-        gemms = _gemms(kernel)
+        gemms = native.gemms(kernel == "cpu")
         return (
             gemms.product(grad_pre, weight_ih.t(), None) if need_input else empty(),
             grad_h0 if need_h0 else empty(),

@@ -54,10 +54,14 @@ def saved_outputs(cell: str, input: torch.Tensor, hidden: int, save: bool) -> tu
     return (input_part, *statistics, *saved_step_outputs(cell, input_part, hidden, save))
 
 
-def normalized_input(input, weight_ih, bias_ih, norm_ih_weight):
+def _gemms(kernel, tensor):
+    return native.gemms(kernel == "native" and tensor.device.type == "cpu")
+
+
+def normalized_input(input, weight_ih, bias_ih, norm_ih_weight, kernel):
     """(LN(x W_ih^T) * gain + bias, x W_ih^T, mean, rstd) for all rows at once, in ACC: one GEMM, one layer_norm."""
     acc = accumulate_dtype(input.dtype)
-    input_gates = torch.mm(input, weight_ih.t()).to(acc)
+    input_gates = _gemms(kernel, input).product(input, weight_ih, None).to(acc)
     bias = bias_ih.to(acc) if bias_ih is not None else None
     normed, mean, rstd = torch.ops.aten.native_layer_norm(
         input_gates, [input_gates.shape[1]], norm_ih_weight.to(acc), bias, EPS
@@ -84,7 +88,9 @@ def sequence_forward(
     kernel,
 ):
     """One direction of one layer; see fused_rnn.layernorm.autograd for the arguments and outputs."""
-    input_normalized, input_gates, input_mean, input_rstd = normalized_input(input, weight_ih, bias_ih, norm_ih_weight)
+    input_normalized, input_gates, input_mean, input_rstd = normalized_input(
+        input, weight_ih, bias_ih, norm_ih_weight, kernel
+    )
     output, h_n, c_n, *step_saved = _recurrence(kernel)[0](
         cell,
         input_normalized,
@@ -165,12 +171,13 @@ def sequence_backward(
         grad_input_gates = grad_input_gates.to(input.dtype)
     # The LSTM's gate pre-activation is also the gradient of LN(h W_hh^T) * gain_hh; the GRU's differs in its n-part.
     recurrent = grad_gates if cell == "lstm" else grad_cell_side
+    gemms = _gemms(kernel, input)
     compute = (  # in needs_grad's order
-        lambda: torch.mm(grad_input_gates, weight_ih),
+        lambda: gemms.product(grad_input_gates, weight_ih.t(), None),
         lambda: grad_h0,
         lambda: grad_c0,
-        lambda: torch.mm(grad_input_gates.t(), input),
-        lambda: torch.mm(grad_hidden_gates.t(), previous_hidden(output, h0, batch_sizes, reverse)),
+        lambda: gemms.weight_gradient(grad_input_gates, input),
+        lambda: gemms.weight_gradient(grad_hidden_gates, previous_hidden(output, h0, batch_sizes, reverse)),
         lambda: grad_gates.sum(0),
         lambda: recurrent.sum(0),
         lambda: grad_norm_ih,
