@@ -301,8 +301,8 @@ def run_sanitizer(outdir: Path, dry_run: bool, time_limit_s: float) -> Outcome:
 
 
 def sanitized_workload(dry_run: bool) -> int:
-    """A small forward+backward (packed, bidirectional, 2 layers) per cell, and of IndRNN, on each backend with its
-    own kernels."""
+    """A small forward+backward (packed, bidirectional, 2 layers) per cell, and of the variants with kernels of their
+    own (IndRNN, LayerNorm LSTM/GRU, sLSTM, multi-head GRU), on each backend with its own kernels."""
     import torch
     from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -334,38 +334,58 @@ def sanitized_workload(dry_run: bool) -> int:
                 print(f"workload: {backend} {cell}: non-finite gradient")
                 return 1
             print(f"{backend} {cell}: forward+backward ok", flush=True)
-    indrnn_backends = []
-    for backend in backends:  # IndRNN's whole-sequence kernels, where the backend has them
-        if not _indrnn_runs_on(backend, device):
-            continue
-        layer = fused_rnn.IndRNN(8, 33, num_layers=2, bidirectional=True, backend=backend, device=device)
-        x = torch.randn(5, 3, 8, device=device, requires_grad=True)
-        output, _ = layer(pack_padded_sequence(x, [5, 4, 2]))
-        output.data.square().sum().backward()
-        if not all(torch.isfinite(p.grad).all() for p in [x, *layer.parameters()]):
-            print(f"workload: {backend} indrnn: non-finite gradient")
-            return 1
-        indrnn_backends.append(backend)
-        print(f"{backend} indrnn: forward+backward ok", flush=True)
+    variant_runs = []
+    for name, (make_layer, functional) in _variant_layers().items():  # the variants' kernels, where a backend has them
+        for backend in backends:
+            if not _variant_runs_on(functional, backend, device):
+                continue
+            layer = make_layer(backend, device)
+            x = torch.randn(5, 3, 8, device=device, requires_grad=True)
+            output, _ = layer(pack_padded_sequence(x, [5, 4, 2]))
+            output.data.square().sum().backward()
+            if not all(torch.isfinite(p.grad).all() for p in [x, *layer.parameters()]):
+                print(f"workload: {backend} {name}: non-finite gradient")
+                return 1
+            variant_runs.append(f"{name} on {backend}")
+            print(f"{backend} {name}: forward+backward ok", flush=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(
-        f"workload: {', '.join(backends)} x {', '.join(SANITIZED_CELLS)}, and IndRNN on "
-        f"{', '.join(indrnn_backends) or 'none'}, forward+backward on {device}"
+        f"workload: {', '.join(backends)} x {', '.join(SANITIZED_CELLS)}, and {', '.join(variant_runs) or 'no variant'}"
+        f", forward+backward on {device}"
     )
     return 0
 
 
-def _indrnn_runs_on(backend: str, device) -> bool:
+def _variant_layers() -> dict:
+    """name -> (layer(backend, device), the functional module whose chosen_backend says where it runs): the layers
+    beyond torch.nn with kernels of their own, 2 layers, bidirectional, hidden 33 (3 heads of 11)."""
+    import fused_rnn
+    from fused_rnn.indrnn import functional as indrnn
+    from fused_rnn.layernorm import functional as layernorm
+    from fused_rnn.multihead import functional as multihead
+
+    def layer(kind, **extra):
+        return lambda backend, device: kind(
+            8, 33, num_layers=2, bidirectional=True, backend=backend, device=device, **extra
+        )
+
+    return {
+        "indrnn": (layer(fused_rnn.IndRNN), indrnn),
+        "layernorm_lstm": (layer(fused_rnn.LayerNormLSTM), layernorm),
+        "layernorm_gru": (layer(fused_rnn.LayerNormGRU), layernorm),
+        "slstm": (layer(fused_rnn.sLSTM, num_heads=3), multihead),
+        "multihead_gru": (layer(fused_rnn.MultiHeadGRU, num_heads=3), multihead),
+    }
+
+
+def _variant_runs_on(functional, backend: str, device) -> bool:
     import torch
 
-    from fused_rnn.indrnn import functional
-
     try:
-        functional.chosen_backend(backend, device, torch.float32)
-    except ValueError:  # not one of IndRNN's backends, or it cannot run here
+        return functional.chosen_backend(backend, device, torch.float32) == backend
+    except ValueError:  # not one of the variant's backends, or it cannot run here
         return False
-    return True
 
 
 def _sanitized_shape(cell: str):

@@ -3,13 +3,15 @@ CPU kernel and the torch step path against the reference; the reference against 
 torch.nn with the block-diagonal weight spelled out; the stabilizer; gradcheck, double backward, torch.compile, low
 precision, state carried across calls, errors."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
 from fused_rnn.backends import native
-from fused_rnn.multihead import functional
+from fused_rnn.multihead import functional, sequence
 
 from checks import DEVICE, TOLERANCE, assert_close, gradients
 from layers import packed_batch_sizes
@@ -19,7 +21,30 @@ GATES = {"lstm": 4, "gru": 3, "slstm": 4}
 STATE_NAMES = {"lstm": ["h", "c"], "gru": ["h"], "slstm": ["h", "c", "n", "m"]}
 FUSED = ["triton", "torch"]
 # With the compiled kernels (csrc/cpu/multihead.cpp): "cpu" too, in float32 and float64 on CPU tensors.
-FUSED_FP32_FP64 = [*FUSED, *(["cpu"] if DEVICE.type == "cpu" and native.unavailable() is None else [])]
+# The compiled step loop of backend "cuda" on CUDA tensors; on CPU tensors "cuda-steps-on-host" runs that path's
+# driver with its kernel's bodies on the host (the ops multihead_recurrence_*_step_loop; see runnable).
+COMPILED_HERE = native.unavailable() is None and (DEVICE.type == "cpu" or native.built_with_cuda())
+COMPILED = (["cpu", "cuda-steps-on-host"] if DEVICE.type == "cpu" else ["cuda"]) if COMPILED_HERE else []
+FUSED_FP32_FP64 = [*FUSED, *COMPILED]
+FUSED_LOW_PRECISION = [*FUSED, *(backend for backend in COMPILED if backend != "cpu")]
+
+
+def runnable(backend, monkeypatch):
+    """`backend` itself, or for "cuda-steps-on-host" "auto", which then runs the CUDA backend's path with the step
+    loop ops in place of the kernel launches (every other backend asked for runs as usual)."""
+    if backend != "cuda-steps-on-host":
+        return backend
+    ops = native.ops()
+    loops = SimpleNamespace(
+        multihead_recurrence_forward=ops.multihead_recurrence_forward_step_loop,
+        multihead_recurrence_backward=ops.multihead_recurrence_backward_step_loop,
+    )
+    monkeypatch.setattr(sequence, "native", SimpleNamespace(ops=lambda: loops))
+    chosen = functional.chosen_backend
+    monkeypatch.setattr(functional, "chosen_backend", lambda b, *rest: "cuda" if b == "auto" else chosen(b, *rest))
+    return "auto"
+
+
 SHAPES = [  # T, B, I, num_heads, head_dim
     pytest.param(1, 1, 1, 1, 1, id="T1-B1-I1-NH1-DH1"),
     pytest.param(1, 3, 5, 2, 3, id="T1-B3-I5-NH2-DH3"),
@@ -160,7 +185,8 @@ def test_reference_matches_the_plain_loop_and_torch_nn(cell, steps, batch, input
 @pytest.mark.parametrize("steps, batch, input_size, heads, head_dim", SHAPES)
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("backend", FUSED_FP32_FP64)
-def test_fused_matches_reference(backend, cell, steps, batch, input_size, heads, head_dim, reverse, dtype):
+def test_fused_matches_reference(backend, cell, steps, batch, input_size, heads, head_dim, reverse, dtype, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     tensors = leaves(cell, steps, batch, input_size, heads, head_dim, dtype=dtype)
     assert_match(
         outputs_and_gradients(cell, "reference", tensors, reverse=reverse),
@@ -172,8 +198,9 @@ def test_fused_matches_reference(backend, cell, steps, batch, input_size, heads,
 
 @pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
 @pytest.mark.parametrize("backend", ["reference", *FUSED_FP32_FP64])
-def test_slstm_from_the_zero_state_with_either_forget_gate(backend, forget_gate):
+def test_slstm_from_the_zero_state_with_either_forget_gate(backend, forget_gate, monkeypatch):
     """The zero state (what FlashRNN and the layer start from) takes m = i~ at the first step, so n >= 1 after it."""
+    backend = runnable(backend, monkeypatch)
     x, _, weight_ih, weight_hh, bias, _ = leaves("slstm", 4, 3, 5, 2, 3)
     zero = tuple(torch.zeros(3, 6, dtype=torch.float64, device=DEVICE) for _ in range(4))
     expected_output, expected_state = plain_slstm(x, zero, weight_ih, weight_hh, bias, forget_gate)
@@ -200,9 +227,10 @@ def test_stabilizer_leaves_h_unchanged_where_the_unstabilized_form_is_finite():
 
 
 @pytest.mark.parametrize("backend", ["reference", *FUSED_FP32_FP64])
-def test_stabilizer_stays_finite_where_the_unstabilized_form_overflows(backend):
+def test_stabilizer_stays_finite_where_the_unstabilized_form_overflows(backend, monkeypatch):
     """Input-gate pre-activations of ~800 overflow exp in float64 (and ~90 in float32): the stabilized cell stays
     finite and equal to the stabilized equations."""
+    backend = runnable(backend, monkeypatch)
     x, _, weight_ih, weight_hh, bias, _ = detached(leaves("slstm", 5, 2, 3, 2, 3))
     bias = bias.clone()
     bias[:6] += 800
@@ -224,7 +252,8 @@ def test_stabilizer_stays_finite_where_the_unstabilized_form_overflows(backend):
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("backend", FUSED_FP32_FP64)
-def test_packed(backend, cell, reverse):
+def test_packed(backend, cell, reverse, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     lengths = [5, 3, 3, 1]
     batch_sizes = packed_batch_sizes(lengths)
     tensors = leaves(cell, None, len(lengths), 4, 2, 3, rows=sum(lengths))
@@ -238,7 +267,8 @@ def test_packed(backend, cell, reverse):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("backend", FUSED_FP32_FP64)
-def test_without_bias_and_without_state(backend, cell):
+def test_without_bias_and_without_state(backend, cell, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     x, _, weight_ih, weight_hh, _, _ = leaves(cell, 3, 2, 4, 2, 3, bias=False)
     tensors = (x, (None,) * len(STATE_NAMES[cell]), weight_ih, weight_hh, None, None)
     x, state, *weights = tensors
@@ -255,10 +285,11 @@ def test_without_bias_and_without_state(backend, cell):
 @pytest.mark.parametrize("packed", [False, True], ids=["padded-forward", "packed-reverse"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("backend", FUSED_FP32_FP64)
-def test_gradcheck(backend, cell, packed):
+def test_gradcheck(backend, cell, packed, monkeypatch):
     """Full Jacobians through the torch steps; through the Triton kernels, whose interpreter takes seconds per
     Jacobian column, gradcheck's fast mode (random projections of the Jacobian), next to the exact float64
     comparisons with the reference's gradients above."""
+    backend = runnable(backend, monkeypatch)
     lengths = [3, 1]
     batch_sizes = packed_batch_sizes(lengths) if packed else None
     x, state, *weights = leaves(cell, 2, 2, 1, 2, 1, rows=sum(lengths) if packed else None)
@@ -300,9 +331,10 @@ def test_double_backward_recomputes_through_the_reference(backend, cell):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", FUSED)
-def test_low_precision_within_twice_torch_error(backend, cell, dtype):
+@pytest.mark.parametrize("backend", FUSED_LOW_PRECISION)
+def test_low_precision_within_twice_torch_error(backend, cell, dtype, monkeypatch):
     """Against the float64 reference, our error is at most twice that of the reference run in the same dtype."""
+    backend = runnable(backend, monkeypatch)
     exact_leaves = leaves(cell, 8, 3, 6, 2, 8)
     low = (
         exact_leaves[0].detach().to(dtype).requires_grad_(),
@@ -330,10 +362,11 @@ def assert_normwise_within_twice_torch_error(name, exact, ours, theirs, dtype):
     assert ours_error <= 2 * torch_error + floor, f"{name}: our error {ours_error:.3e} vs torch's {torch_error:.3e}"
 
 
-@pytest.mark.parametrize("backend", FUSED)
-def test_low_precision_carries_the_state_in_float32(backend):
+@pytest.mark.parametrize("backend", FUSED_LOW_PRECISION)
+def test_low_precision_carries_the_state_in_float32(backend, monkeypatch):
     """c grows by 1e-3 per step from 1 (forget gate 1, input gate 1e-3 of z = 1): in bfloat16 (spacing 2**-7 at 1)
     it would never move. An LSTM with saturated gates: f = 1, i * g = 1e-3."""
+    backend = runnable(backend, monkeypatch)
     steps, hidden = 64, 2
     weight_ih = torch.zeros(4 * hidden, 1)
     weight_ih[:hidden] = -6.9  # i = sigmoid(-6.9) ~ 1e-3
@@ -349,16 +382,18 @@ def test_low_precision_carries_the_state_in_float32(backend):
     assert_close("c_n", torch.full_like(c_n, exact, dtype=torch.float64), c_n, atol=0, rtol=2**-8)
 
 
-def test_triton_is_deterministic():
+@pytest.mark.parametrize("backend", ["triton", *(backend for backend in COMPILED if backend != "cuda-steps-on-host")])
+def test_fused_is_deterministic(backend):
     tensors = leaves("slstm", 5, 6, 4, 3, 3)
-    first, second = (outputs_and_gradients("slstm", "triton", tensors) for _ in range(2))
+    first, second = (outputs_and_gradients("slstm", backend, tensors) for _ in range(2))
     for a, b in zip([*first[0], *first[1]], [*second[0], *second[1]]):
         assert a is None and b is None or torch.equal(a, b)
 
 
 @pytest.mark.parametrize("backend", [*FUSED_FP32_FP64, "reference"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_one_head_equals_torch_nn_bidirectional_two_layers_on_unsorted_packed_input(cell, backend):
+def test_one_head_equals_torch_nn_bidirectional_two_layers_on_unsorted_packed_input(cell, backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     layer_type = {"lstm": (fused_rnn.MultiHeadLSTM, torch.nn.LSTM), "gru": (fused_rnn.MultiHeadGRU, torch.nn.GRU)}
     ours_type, theirs_type = layer_type[cell]
     theirs = theirs_type(3, 5, num_layers=2, bidirectional=True).double().to(DEVICE)
@@ -505,7 +540,7 @@ def test_bad_input_is_rejected_with_named_errors():
         (ValueError, "input must be 3-D", {"input": x[0]}),
         (TypeError, "floating-point", {"input": x.long()}),
         (ValueError, "forget_gate must be", {"forget_gate": "relu"}),
-        (ValueError, "backend must be one of", {"backend": "cuda"}),
+        (ValueError, "backend must be one of", {"backend": "persistent"}),
         (ValueError, "batch_sizes must be positive and non-increasing", {"input": x[0], "batch_sizes": [1, 2]}),
     ]
     for error, message, changes in cases:

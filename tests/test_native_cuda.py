@@ -1,6 +1,6 @@
 """The compiled CUDA kernels (backend="cuda": csrc/cuda/recurrence.cu driven by csrc/sequence.cpp, IndRNN's
-csrc/cuda/indrnn.cu, and LayerNorm LSTM/GRU's csrc/cuda/layernorm.cu, whose arithmetic tests/test_layernorm.py runs
-on the host).
+csrc/cuda/indrnn.cu, LayerNorm LSTM/GRU's csrc/cuda/layernorm.cu and the multi-head cells' csrc/cuda/multihead.cu,
+whose arithmetic tests/test_layernorm.py and tests/test_multihead.py run on the host).
 
 Without a GPU: the extension imports, registers its CUDA kernels under the same op names as its CPU kernels,
 every CUDA kernel compiled for sm_80 and sm_90 uses no local memory (no register spills), read from the built
@@ -38,6 +38,8 @@ OPS = [
     "indrnn_recurrence_backward",
     "layernorm_recurrence_forward",
     "layernorm_recurrence_backward",
+    "multihead_recurrence_forward",
+    "multihead_recurrence_backward",
 ]
 NAMES = ["input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
@@ -93,6 +95,9 @@ def test_every_cuda_kernel_is_compiled_for_sm80_and_sm90_without_spills():
         # LayerNorm LSTM/GRU's row kernels: 2 directions x 4 storage types.
         names += [name for name in kernels if "layernorm_cu" in name and "_kernel" in name]
         assert len(names) == (2 * len(CELLS) + 4) * len(STORAGE_TYPES), sorted(names)
+        # The multi-head cells' step kernels: 2 directions x 3 cells (LSTM, GRU, sLSTM) x 4 storage types.
+        names += [name for name in kernels if "multihead_cu" in name and "_kernel" in name]
+        assert len(names) == (2 * len(CELLS) + 4 + 6) * len(STORAGE_TYPES), sorted(names)
         for name in names:
             assert kernels[name]["LOCAL"] == 0 and kernels[name]["STACK"] == 0, (arch, name, kernels[name])
 

@@ -270,7 +270,7 @@ def test_bad_input_is_rejected_with_named_errors():
         ("hidden_size must be divisible by num_heads, got hidden_size=10, num_heads=3", {"num_heads": 3}),
         ("num_heads must be a positive integer", {"num_heads": 0}),
         ("forget_gate must be 'sigmoid' or 'exp'", {"forget_gate": "tanh"}),
-        ("backend must be one of", {"backend": "cuda"}),
+        ("backend must be one of", {"backend": "persistent"}),
     ]
     for message, options in constructors:
         with pytest.raises(ValueError, match=message):

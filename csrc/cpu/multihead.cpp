@@ -8,22 +8,28 @@
 // the recurrent part's gradients head-major (head k's G * head_dim values together), saved activations as there.
 // float32 and float64; the math runs in the storage type, on at::vec SIMD vectors of a head's units.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <initializer_list>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../cell_math.h"
+#include "../multihead.h"
 #include "../sequence.h"
 #include "dot.h"
 #include "vectorized_activations.h"
@@ -33,17 +39,12 @@ namespace {
 
 using at::Tensor;
 
-enum class HeadCell { lstm, gru, slstm };
-
 HeadCell head_cell(std::string_view cell) {
     if (cell == "lstm") return HeadCell::lstm;
     if (cell == "gru") return HeadCell::gru;
     TORCH_CHECK(cell == "slstm", "cell must be 'lstm', 'gru' or 'slstm', got '", cell, "'");
     return HeadCell::slstm;
 }
-
-int64_t gates_of(HeadCell cell) { return cell == HeadCell::gru ? 3 : 4; }
-int64_t saved_width(HeadCell cell) { return cell == HeadCell::lstm ? 5 : cell == HeadCell::gru ? 4 : 7; }
 
 // The sizes and the steps of one call; heads * head_dim = hidden.
 struct Shape {
@@ -301,19 +302,211 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multihead_recurrence_
     return {grad_input_gates, grad_hidden_gates, dh, dc, dn, dm};
 }
 
+// ------------------------------------------------------------------------------------------ the step loop
+// The CUDA path: per step one bmm over heads (cuBLAS on CUDA) and one launch of the step's bodies (csrc/multihead.h,
+// a thread per (row, unit)); on CPU tensors the same loop with the bodies run in a host loop (the *_step_loop ops, for
+// the CPU tests of that path). Storage fp16/bf16/fp32/fp64; math, the saved activations and the carried states
+// besides h in fp32 (fp64 for fp64), as the Triton steps keep them.
+
+template <typename Run>
+void with_head_cell(HeadCell cell, const Run& run) {
+    switch (cell) {
+        case HeadCell::lstm: return run(std::integral_constant<HeadCell, HeadCell::lstm>{});
+        case HeadCell::gru: return run(std::integral_constant<HeadCell, HeadCell::gru>{});
+        case HeadCell::slstm: return run(std::integral_constant<HeadCell, HeadCell::slstm>{});
+    }
+}
+
+template <typename T, typename M>
+void forward_step(HeadCell cell, const MultiheadForwardStep<T, M>& step, bool on_gpu) {
+    if (on_gpu) {
+#ifdef FUSED_RNN_WITH_CUDA
+        multihead_forward_step_cuda<T, M>(cell, step);
+#endif
+        return;
+    }
+    with_head_cell(cell, [&](auto kind) {
+        for (int64_t b = 0; b < step.active; ++b) {
+            for (int64_t j = 0; j < step.hidden; ++j) multihead_forward_at<T, M, decltype(kind)::value>(step, b, j);
+        }
+    });
+}
+
+template <typename T, typename M>
+void backward_step(HeadCell cell, const MultiheadBackwardStep<T, M>& step, bool on_gpu) {
+    if (on_gpu) {
+#ifdef FUSED_RNN_WITH_CUDA
+        multihead_backward_step_cuda<T, M>(cell, step);
+#endif
+        return;
+    }
+    with_head_cell(cell, [&](auto kind) {
+        for (int64_t b = 0; b < step.active; ++b) {
+            for (int64_t j = 0; j < step.hidden; ++j) multihead_backward_at<T, M, decltype(kind)::value>(step, b, j);
+        }
+    });
+}
+
+// (rows, heads * width) as the (heads, rows, width) batch of a bmm over heads.
+Tensor by_head(const Tensor& rows, int64_t heads) { return rows.view({rows.size(0), heads, -1}).transpose(0, 1); }
+
+// As multihead_recurrence_forward.
+template <bool kHost>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multihead_steps_forward(
+    std::string_view cell, const Tensor& input_gates, const Tensor& weight_hh, const std::optional<Tensor>& bias_hh,
+    const Tensor& h0, const std::optional<Tensor>& c0, const std::optional<Tensor>& n0,
+    const std::optional<Tensor>& m0, at::OptionalIntArrayRef batch_sizes, bool reverse, bool save, bool exp_forget) {
+    const c10::DeviceGuard device_guard(input_gates.device());
+    const bool on_gpu = input_gates.is_cuda();
+    TORCH_CHECK(on_gpu != kHost, kHost ? "the step loop runs CPU tensors only" : "this path runs CUDA tensors only");
+    const int64_t N = input_gates.size(0);
+    const Shape shape = shape_of(cell, weight_hh, h0, N, batch_sizes, reverse);
+    const int64_t B = shape.batch, H = shape.hidden, G = shape.gates;
+    check("input_gates", input_gates, input_gates, {N, G * H});
+    check("weight_hh", weight_hh, input_gates, {shape.heads, G * shape.head_dim, shape.head_dim});
+    check("h0", h0, input_gates, {B, H});
+    if (bias_hh) check("bias_hh", *bias_hh, input_gates, {G * H});
+    const bool has_c = shape.cell != HeadCell::gru, has_nm = shape.cell == HeadCell::slstm;
+    TORCH_CHECK(c0.has_value() == has_c && n0.has_value() == has_nm && m0.has_value() == has_nm,
+                "give c0 for the LSTM and the sLSTM, n0 and m0 for the sLSTM, and nothing else");
+    const auto dtype = input_gates.scalar_type();
+    const auto math_options = input_gates.options().dtype(at::toOpMathType(dtype));
+    const auto carried = [&](const std::optional<Tensor>& s, const char* name) {
+        if (!s) return at::empty({0}, math_options);
+        check(name, *s, input_gates, {B, H});
+        return s->to(math_options.dtype(), false, true);
+    };
+    Tensor h = h0.clone(), c = carried(c0, "c0"), n = carried(n0, "n0"), m = carried(m0, "m0");
+    Tensor output = at::empty({N, H}, input_gates.options());
+    Tensor saved = at::empty({save ? N : 0, saved_width(shape.cell) * H}, math_options);
+    Tensor hidden_gates = at::empty({B, G * H}, input_gates.options());  // head-major rows
+    const Tensor recurrent = weight_hh.transpose(1, 2);                  // (heads, head_dim, G * head_dim)
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_rnn multihead_steps_forward", [&] {
+        using M = at::opmath_type<scalar_t>;
+        MultiheadForwardStep<scalar_t, M> step{};
+        step.bias_hh = data_or_null<scalar_t>(bias_hh);
+        step.h = h.data_ptr<scalar_t>();
+        step.c = data_or_null<M>(c);
+        step.n = data_or_null<M>(n);
+        step.m = data_or_null<M>(m);
+        step.hidden = H;
+        step.head_dim = shape.head_dim;
+        step.exp_forget = exp_forget;
+        for (const Step s : shape.steps) {
+            Tensor gates = hidden_gates.narrow(0, 0, s.active);
+            Tensor gates_by_head = by_head(gates, shape.heads);
+            at::bmm_out(gates_by_head, by_head(h.narrow(0, 0, s.active), shape.heads), recurrent);
+            step.input_gates = input_gates.data_ptr<scalar_t>() + s.offset * G * H;
+            step.hidden_gates = gates.data_ptr<scalar_t>();
+            step.output = output.data_ptr<scalar_t>() + s.offset * H;
+            step.saved = save ? saved.data_ptr<M>() + s.offset * saved_width(shape.cell) * H : nullptr;
+            step.active = s.active;
+            forward_step(shape.cell, step, on_gpu);
+        }
+    });
+    const auto stored = [&](const Tensor& state) { return state.numel() ? state.to(dtype) : at::empty({0}, h.options()); };
+    return {output, h, stored(c), stored(n), stored(m), saved};
+}
+
+// As multihead_recurrence_backward.
+template <bool kHost>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multihead_steps_backward(
+    std::string_view cell, const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_c_n,
+    const std::optional<Tensor>& grad_n_n, const std::optional<Tensor>& grad_m_n, const Tensor& output,
+    const Tensor& saved, const Tensor& previous_hidden, const Tensor& weight_hh, at::OptionalIntArrayRef batch_sizes,
+    bool reverse, bool exp_forget) {
+    const c10::DeviceGuard device_guard(output.device());
+    const bool on_gpu = output.is_cuda();
+    TORCH_CHECK(on_gpu != kHost, kHost ? "the step loop runs CPU tensors only" : "this path runs CUDA tensors only");
+    const int64_t N = output.size(0);
+    const Shape shape = shape_of(cell, weight_hh, grad_h_n, N, batch_sizes, reverse);
+    const int64_t B = shape.batch, H = shape.hidden, G = shape.gates;
+    const auto dtype = output.scalar_type();
+    const auto math_options = output.options().dtype(at::toOpMathType(dtype));
+    check("grad_output", grad_output, output, {N, H});
+    check("grad_h_n", grad_h_n, output, {B, H});
+    check("previous_hidden", previous_hidden, output, {N, H});
+    check("weight_hh", weight_hh, output, {shape.heads, G * shape.head_dim, shape.head_dim});
+    TORCH_CHECK(saved.sizes() == at::IntArrayRef({N, saved_width(shape.cell) * H}) &&
+                    saved.scalar_type() == math_options.dtype() && saved.is_contiguous(),
+                "saved must be the forward's saved activations");
+    const bool has_c = shape.cell != HeadCell::gru, has_nm = shape.cell == HeadCell::slstm;
+    TORCH_CHECK(grad_c_n.has_value() == has_c && grad_n_n.has_value() == has_nm && grad_m_n.has_value() == has_nm,
+                "give grad_c_n for the LSTM and the sLSTM, grad_n_n and grad_m_n for the sLSTM, and nothing else");
+    const auto carried = [&](const std::optional<Tensor>& g, const char* name) {
+        if (!g) return at::empty({0}, math_options);
+        check(name, *g, output, {B, H});
+        return g->to(math_options.dtype(), false, true);
+    };
+    Tensor dh = grad_h_n.clone();
+    // The GRU carries the part of h's gradient that skips W_hh (z * dh) where the others carry dc; it starts at 0,
+    // grad_h_n being in dh.
+    Tensor dc = shape.cell == HeadCell::gru ? at::zeros({B, H}, math_options) : carried(grad_c_n, "grad_c_n");
+    Tensor dn = carried(grad_n_n, "grad_n_n"), dm = carried(grad_m_n, "grad_m_n");
+    Tensor grad_input_gates = at::empty({N, G * H}, output.options());
+    Tensor grad_hidden_gates = at::empty({N, G * H}, output.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_rnn multihead_steps_backward", [&] {
+        using M = at::opmath_type<scalar_t>;
+        MultiheadBackwardStep<scalar_t, M> step{};
+        step.grad_h = dh.data_ptr<scalar_t>();
+        step.dc = dc.data_ptr<M>();
+        step.dn = data_or_null<M>(dn);
+        step.dm = data_or_null<M>(dm);
+        step.hidden = H;
+        step.head_dim = shape.head_dim;
+        step.exp_forget = exp_forget;
+        for (auto s = shape.steps.rbegin(); s != shape.steps.rend(); ++s) {
+            step.grad_output = grad_output.data_ptr<scalar_t>() + s->offset * H;
+            step.saved = saved.data_ptr<M>() + s->offset * saved_width(shape.cell) * H;
+            step.previous_hidden = previous_hidden.data_ptr<scalar_t>() + s->offset * H;
+            step.grad_input_gates = grad_input_gates.data_ptr<scalar_t>() + s->offset * G * H;
+            step.grad_hidden_gates = grad_hidden_gates.data_ptr<scalar_t>() + s->offset * G * H;
+            step.active = s->active;
+            backward_step(shape.cell, step, on_gpu);
+            Tensor dh_by_head = by_head(dh.narrow(0, 0, s->active), shape.heads);
+            at::bmm_out(dh_by_head, by_head(grad_hidden_gates.narrow(0, s->offset, s->active), shape.heads),
+                        weight_hh);
+        }
+    });
+    const auto stored = [&](const Tensor& state) { return state.numel() ? state.to(dtype) : at::empty({0}, dh.options()); };
+    if (shape.cell == HeadCell::gru) {
+        const Tensor none = at::empty({0}, dh.options());
+        return {grad_input_gates, grad_hidden_gates, dh.add(dc).to(dtype), none, none.clone(), none.clone()};
+    }
+    return {grad_input_gates, grad_hidden_gates, dh, stored(dc), stored(dn), stored(dm)};
+}
+
 }  // namespace
 }  // namespace fused_rnn
 
+namespace {
+constexpr const char* kForwardSignature =
+    "(str cell, Tensor input_gates, Tensor weight_hh, Tensor? bias_hh, Tensor h0, Tensor? c0, Tensor? n0, Tensor? m0, "
+    "int[]? batch_sizes, bool reverse, bool save, bool exp_forget) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
+constexpr const char* kBackwardSignature =
+    "(str cell, Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor? grad_n_n, Tensor? grad_m_n, "
+    "Tensor output, Tensor saved, Tensor previous_hidden, Tensor weight_hh, int[]? batch_sizes, bool reverse, "
+    "bool exp_forget) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
+}  // namespace
+
+// The *_step_loop ops run the CUDA path's step loop on CPU tensors, its bodies on the host: for the CPU tests.
 TORCH_LIBRARY_FRAGMENT(fused_rnn_native, m) {
-    m.def("multihead_recurrence_forward(str cell, Tensor input_gates, Tensor weight_hh, Tensor? bias_hh, Tensor h0, "
-          "Tensor? c0, Tensor? n0, Tensor? m0, int[]? batch_sizes, bool reverse, bool save, bool exp_forget) "
-          "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-    m.def("multihead_recurrence_backward(str cell, Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, "
-          "Tensor? grad_n_n, Tensor? grad_m_n, Tensor output, Tensor saved, Tensor previous_hidden, Tensor weight_hh, "
-          "int[]? batch_sizes, bool reverse, bool exp_forget) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def((std::string("multihead_recurrence_forward") + kForwardSignature).c_str());
+    m.def((std::string("multihead_recurrence_backward") + kBackwardSignature).c_str());
+    m.def((std::string("multihead_recurrence_forward_step_loop") + kForwardSignature).c_str());
+    m.def((std::string("multihead_recurrence_backward_step_loop") + kBackwardSignature).c_str());
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn_native, CPU, m) {
     m.impl("multihead_recurrence_forward", &fused_rnn::multihead_recurrence_forward);
     m.impl("multihead_recurrence_backward", &fused_rnn::multihead_recurrence_backward);
+    m.impl("multihead_recurrence_forward_step_loop", &fused_rnn::multihead_steps_forward<true>);
+    m.impl("multihead_recurrence_backward_step_loop", &fused_rnn::multihead_steps_backward<true>);
 }
+
+#ifdef FUSED_RNN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fused_rnn_native, CUDA, m) {
+    m.impl("multihead_recurrence_forward", &fused_rnn::multihead_steps_forward<false>);
+    m.impl("multihead_recurrence_backward", &fused_rnn::multihead_steps_backward<false>);
+}
+#endif

@@ -30,6 +30,7 @@ CUDA_SOURCES = (
     "cuda/recurrence.cu",
     "cuda/indrnn.cu",
     "cuda/layernorm.cu",
+    "cuda/multihead.cu",
     "persistent/forward.cu",
     "persistent/backward.cu",
     "persistent/binding.cpp",

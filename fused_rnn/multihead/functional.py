@@ -17,7 +17,7 @@ from fused_rnn.multihead.reference import FORGET_GATES, GATES, STATES
 
 Tensor = torch.Tensor
 
-BACKENDS = ("auto", "triton", "cpu", "torch", "reference")
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch", "reference")
 # "auto" on CPU: the compiled kernel ("cpu") where it runs (float32/float64, extension built), else the fused op with
 # its pointwise step as torch ops ("torch"). Measured (benchmarks/results/slstm_cpu.md): "cpu" beat "torch", and
 # "torch" the reference, at every shape, forward and forward+backward. The Triton interpreter is never picked: it is
@@ -44,8 +44,8 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, block
     block_elements: the largest [batch, width] block of one step, which the Triton kernels index with 32-bit offsets.
     """
     fits = block_elements < 2**31
-    if checked_backend(backend) == "triton":
-        return resolve("triton", device, dtype, fits)  # raises, naming what is missing, when Triton cannot run here
+    if checked_backend(backend) in ("triton", "cuda"):
+        return resolve(backend, device, dtype, fits)  # raises, naming what is missing, when it cannot run here
     if backend == "cpu":
         reason = native_cpu_unavailable(device, dtype)
         if reason is not None:
@@ -124,9 +124,10 @@ def slstm(
         forget_gate: "sigmoid" (the paper's default) or "exp".
         batch_sizes: active batch per time step of packed input (PackedSequence.batch_sizes).
         reverse: run from the last time step to the first.
-        backend: "auto", "triton" (fused Triton step kernels), "cpu" (the compiled CPU kernel: the whole step loop
-            in one call), "torch" (the same fused op with its pointwise step as torch ops; CPU's "auto") or
-            "reference" (step by step, autograd's backward).
+        backend: "auto", "triton" (fused Triton step kernels), "cuda" (the compiled CUDA step kernels, the step
+            loop in C++; "auto" on CUDA stays "triton" until GPU measurements of it are committed), "cpu" (the
+            compiled CPU kernel: the whole step loop in one call; CPU's "auto"), "torch" (the same fused op with
+            its pointwise step as torch ops) or "reference" (step by step, autograd's backward).
 
     Returns:
         output (T, B, H) or (N, H), and the final state (h_n, c_n, n_n, m_n), each (B, H).

@@ -205,7 +205,7 @@ class sLSTM(_MultiHeadRNN):  # noqa: N801 (the paper's name)
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional: as torch.nn.LSTM.
         num_heads: heads of the block-diagonal recurrent weight; hidden_size must be divisible by it.
         forget_gate: "sigmoid" (the paper's default) or "exp".
-        backend: "auto", "triton", "cpu", "torch" or "reference" (see fused_rnn.multihead.functional.slstm).
+        backend: "auto", "triton", "cuda", "cpu", "torch" or "reference" (see fused_rnn.multihead.functional.slstm).
 
     Inputs: input (T, B, I), (B, T, I) when batch_first, unbatched (T, I), or a PackedSequence; hx = (h0, c0, n0, m0),
     each (num_layers * num_directions, B, hidden_size) (without B when unbatched), or None for the zero state, which
@@ -259,9 +259,9 @@ class sLSTMCell(nn.Module):  # noqa: N801 (the paper's name)
         num_heads (keyword-only, as the two below): heads of the block-diagonal recurrent weight; hidden_size must
             be divisible by it.
         forget_gate: "sigmoid" (the paper's default) or "exp".
-        backend: "auto", "triton", "cpu", "torch" or "reference", as sLSTM's; each call runs the layer's fused op for
-            one step ("auto": the Triton step kernel on CUDA; on CPU the compiled kernel for float32/float64, else the
-            torch step path).
+        backend: "auto", "triton", "cuda", "cpu", "torch" or "reference", as sLSTM's; each call runs the layer's
+            fused op for one step ("auto": the Triton step kernel on CUDA; on CPU the compiled kernel for
+            float32/float64, else the torch step path).
 
     Parameters: weight_ih (4H, I), weight_hh (num_heads, 4 * head_dim, head_dim), bias_ih (4H,): sLSTM's
     weight_ih_l0, weight_hh_l0, bias_ih_l0 without the suffix, initialised alike, so a one-layer sLSTM's state_dict

@@ -7,9 +7,10 @@ all steps afterwards. No atomics, so results are deterministic.
 
 The pointwise step runs as Triton kernels (kernel="triton") or as torch ops (kernel="torch"), with the same contract
 (fused_rnn.backends.triton.multihead.forward_step/backward_step). Rows follow fused_rnn.packing: state buffers hold
-the whole batch and each step reads and writes the prefix of rows it has active. On CPU, kernel="cpu" runs the whole
-step loop, the bmm and the pointwise math of every step, as one call of the compiled kernel (csrc/cpu/multihead.cpp:
-each thread walks every step for its own heads), with the same layouts; the GEMMs before and after stay here.
+the whole batch and each step reads and writes the prefix of rows it has active. The compiled kernels run the whole
+step loop in one call, with the same layouts (the GEMMs before and after stay here): kernel="cpu" on CPU
+(csrc/cpu/multihead.cpp: each thread walks every step for its own heads), kernel="cuda" on CUDA (per step a bmm over
+heads and one step kernel launched from C++, csrc/cuda/multihead.cu).
 """
 
 import torch
@@ -56,7 +57,7 @@ def sequence_forward(
         input_gates = torch.mm(input, weight_ih.t())
     else:
         input_gates = torch.addmm(bias_ih, input, weight_ih.t())
-    if kernel == "cpu":  # the whole step loop in one call of the compiled kernel
+    if kernel in ("cpu", "cuda"):  # the whole step loop in one call of the compiled kernels
         states = (*state, *(None,) * (4 - len(state)))
         output, *final, saved = native.ops().multihead_recurrence_forward(
             cell, input_gates, weight_hh, bias_hh, *states, batch_sizes, reverse, save, exp_forget
@@ -112,7 +113,7 @@ def sequence_backward(
     batch, hidden = state[0].shape
     gates, acc = GATES[cell], accumulate_dtype(input.dtype)
     h_prev = previous_hidden(output, state[0], batch_sizes, reverse)
-    if kernel == "cpu":  # the whole step loop in one call of the compiled kernel
+    if kernel in ("cpu", "cuda"):  # the whole step loop in one call of the compiled kernels
         grads = (*grad_state, *(None,) * (4 - len(grad_state)))
         grad_input_gates, grad_hidden_gates, *state_grads = native.ops().multihead_recurrence_backward(
             cell, grad_output, *grads, output, saved, h_prev, weight_hh, batch_sizes, reverse, exp_forget
