@@ -70,6 +70,19 @@ void for_each_row(int64_t active, int64_t row_values, bool parallel, const Body&
     });
 }
 
+// row(team, b) for rows b < active on the host: whole rows per thread with SIMD vectors (VectorTeam), or one column
+// at a time on one thread (SerialTeam, the CUDA kernel's arithmetic).
+template <typename T, typename M, typename Row>
+void host_rows(Rows rows, int64_t active, int64_t row_values, const Row& row) {
+    if constexpr (std::is_same_v<T, M>) {
+        if (rows == Rows::vectorized) {
+            for_each_row(active, row_values, true, [&](int64_t b) { row(VectorTeam<M>{}, b); });
+            return;
+        }
+    }
+    for_each_row(active, row_values, false, [&](int64_t b) { row(SerialTeam<M>{}, b); });
+}
+
 template <typename T, typename M>
 void forward_rows(Rows rows, bool lstm, const LayerNormForwardStep<T, M>& step) {
     if (rows == Rows::cuda) {
@@ -78,18 +91,8 @@ void forward_rows(Rows rows, bool lstm, const LayerNormForwardStep<T, M>& step) 
 #endif
         return;
     }
-    const int64_t values = (lstm ? 4 : 3) * step.hidden;
-    if constexpr (std::is_same_v<T, M>) {
-        if (rows == Rows::vectorized) {
-            for_each_row(step.active, values, true, [&](int64_t b) {
-                lstm ? layernorm_lstm_forward_row(VectorTeam<M>{}, step, b)
-                     : layernorm_gru_forward_row(VectorTeam<M>{}, step, b);
-            });
-            return;
-        }
-    }
-    for_each_row(step.active, values, false, [&](int64_t b) {
-        lstm ? layernorm_lstm_forward_row(SerialTeam<M>{}, step, b) : layernorm_gru_forward_row(SerialTeam<M>{}, step, b);
+    host_rows<T, M>(rows, step.active, (lstm ? 4 : 3) * step.hidden, [&](const auto& team, int64_t b) {
+        lstm ? layernorm_lstm_forward_row(team, step, b) : layernorm_gru_forward_row(team, step, b);
     });
 }
 
@@ -101,19 +104,8 @@ void backward_rows(Rows rows, bool lstm, const LayerNormBackwardStep<T, M>& step
 #endif
         return;
     }
-    const int64_t values = (lstm ? 4 : 3) * step.hidden;
-    if constexpr (std::is_same_v<T, M>) {
-        if (rows == Rows::vectorized) {
-            for_each_row(step.active, values, true, [&](int64_t b) {
-                lstm ? layernorm_lstm_backward_row(VectorTeam<M>{}, step, b)
-                     : layernorm_gru_backward_row(VectorTeam<M>{}, step, b);
-            });
-            return;
-        }
-    }
-    for_each_row(step.active, values, false, [&](int64_t b) {
-        lstm ? layernorm_lstm_backward_row(SerialTeam<M>{}, step, b)
-             : layernorm_gru_backward_row(SerialTeam<M>{}, step, b);
+    host_rows<T, M>(rows, step.active, (lstm ? 4 : 3) * step.hidden, [&](const auto& team, int64_t b) {
+        lstm ? layernorm_lstm_backward_row(team, step, b) : layernorm_gru_backward_row(team, step, b);
     });
 }
 
