@@ -213,7 +213,7 @@ def measure_times(config: Config, onnx_path: Path, threads: int, warmup: int, re
     runners = {name: make_module(name, layer, config.cell) for name in CONTENDERS if name != ONNXRUNTIME}
     runners[ONNXRUNTIME] = make_session(onnx_path, threads)
     calls = {name: inference_call(runners[name], x) for name in CONTENDERS}
-    auto_runs = resolve("auto", x.device, x.dtype, workload=Workload(config.cell, config.batch, False, False))
+    auto_runs = resolve("auto", x.device, x.dtype, workload=Workload(config.cell, config.batch, False, False, config.hidden))
     rows = {}
     for name, call in calls.items():
         error = relative_error(call(), exact)

@@ -225,6 +225,11 @@ def test_auto_picks_cpu_only_where_it_was_measured_faster():
     assert resolve("auto", cpu, torch.float32, workload=Workload("gru", 1, False, False)) == "cpu"
     assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 64, True, True)) == "cpu"
     assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 1, False, False)) == "torch"
+    # The padded LSTM: "cpu" only for inference at batch 1 with a W_hh read in place (hidden >= 512).
+    assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 1, False, False, hidden=512)) == "cpu"
+    assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 1, False, False, hidden=256)) == "torch"
+    assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 2, False, False, hidden=512)) == "torch"
+    assert resolve("auto", cpu, torch.float32, workload=Workload("lstm", 1, False, True, hidden=512)) == "torch"
     assert resolve("auto", cpu, torch.float32, workload=Workload("gru", 64, False, True)) == "cpu"
     assert resolve("auto", cpu, torch.float32, workload=Workload("gru", 256, False, True)) == "torch"  # not measured
     assert resolve("auto", cpu, torch.bfloat16, workload=Workload("gru", 1, False, False)) == "torch"

@@ -117,11 +117,20 @@ NATIVE_CPU_FASTEST_BATCH = {
 }
 
 
+# The padded LSTM's inference at batch 1, where "cpu" reads W_hh in place from this hidden size on (csrc/cpu/
+# recurrence.h): 0.82-1.00x torch.nn's time in every committed measurement there (benchmarks/results/cpu_inference.md,
+# H=512, T=100 and 1024, 1 and 2 threads: 0.82, 1.00, 0.85, 0.94; cpu_native/cpu.md b1_t1024_h512 0.94x), against
+# 0.99-1.16x at H=32-64, where a call's fixed costs weigh most.
+NATIVE_CPU_LSTM_INFERENCE_MIN_HIDDEN = 512
+
+
 def native_cpu_is_faster(workload: Workload) -> bool:
     """Whether "cpu" beat torch.nn's CPU kernels at this shape in the committed measurements
-    (benchmarks/results/cpu_native/cpu.md): "auto" picks it only there. rnn_relu is rnn_tanh's kernel with a
-    cheaper activation, so it follows rnn_tanh's measurements."""
+    (benchmarks/results/cpu_native/cpu.md, cpu_inference.md): "auto" picks it only there. rnn_relu is rnn_tanh's
+    kernel with a cheaper activation, so it follows rnn_tanh's measurements."""
     cell = "rnn_tanh" if workload.cell == "rnn_relu" else workload.cell
+    if (cell, workload.packed, workload.training, workload.projected) == ("lstm", False, False, False):
+        return workload.batch == 1 and workload.hidden >= NATIVE_CPU_LSTM_INFERENCE_MIN_HIDDEN
     return workload.batch <= NATIVE_CPU_FASTEST_BATCH[cell, workload.packed, workload.training]
 
 
