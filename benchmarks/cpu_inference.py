@@ -53,11 +53,20 @@ CONFIGS = [
 ]
 # Both cells and a batch of 1 and of more, in as few configs as can be: each costs six peak-memory processes.
 QUICK_CONFIGS = [Config("lstm", 1, 8, 16), Config("gru", 4, 8, 16)]
-# The peak-memory subprocess's first call: small enough to add nothing measurable, big enough to load every
-# library and kernel the real call uses. At T=2 the GRU's input projection (2x512 by 512x1536) stayed below the size
-# where fused_rnn's driver moves to oneDNN, so oneDNN's one-time 6 MiB (kept after its first call, measured) was
-# counted as the real call's.
-TINY_BATCH, TINY_STEPS = 1, 8
+# The peak-memory subprocess's first call: the real call's batch (so that "auto" picks the same backend for both:
+# it weighs the batch) and at least TINY_ROWS rows (steps x batch), small enough to add nothing measurable (a buffer
+# the real call reuses from it counts as nothing: with T=8 at B=64, torch.nn's GRU training measured 118 MiB instead
+# of 140), big enough to load every library and kernel the real call uses. At 2 rows the GRU's input projection (2x512
+# by 512x1536) stayed below the size where fused_rnn's driver moves to oneDNN, so oneDNN's one-time 6 MiB (kept after
+# its first call, measured) was counted as the real call's; with a batch of 1 before a batch of 64, "auto" warmed up
+# the compiled kernels and then ran torch.nn's LSTM, whose one-time 4 MiB were counted (measured).
+TINY_ROWS = 8
+
+
+def warm_up_config(config: Config) -> Config:
+    """The shape of the peak-memory subprocess's first call before `config`'s."""
+    return Config(config.cell, config.batch, max(1, TINY_ROWS // config.batch), config.hidden)
+
 
 TORCH, ONNXRUNTIME, FUSED_CPU, FUSED_AUTO = "torch.nn", "onnxruntime", "fused_rnn.cpu", "fused_rnn.auto"
 CONTENDERS = (TORCH, ONNXRUNTIME, FUSED_CPU, FUSED_AUTO)
@@ -73,17 +82,18 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "cpu_inference"
 
 PEAK_MEMORY_METHOD = f"""\
 Peak memory: for each (config, contender, mode) a fresh Python process builds the layer and the input, makes one
-call on a tiny input (B={TINY_BATCH}, T={TINY_STEPS}) so that one-time costs (loading onnxruntime's and the compiled
-kernels' code, oneDNN's and onnxruntime's caches, ONNX Runtime's session setup) are not counted, resets its peak
-resident set to the current one (writing 5 to /proc/self/clear_refs), makes one call of the real shape and reports
-VmHWM (/proc/self/status) minus the resident set before the call, in MiB: the most memory the call held at once
-beyond what the process already held. Not getrusage's ru_maxrss: a child's ru_maxrss starts at its parent's
-high-water mark (fork copies it and exec keeps it), so beside this benchmark's own process it read 0 for every
-call; and without the reset, memory freed before the call and reused by it would be hidden below the earlier
-high-water mark. Limits: these are resident pages (KiB granularity on Linux), not bytes allocated; malloc keeps
-freed blocks and ONNX Runtime its memory arena, so a buffer reused from the tiny call counts as nothing; the
-smallest shapes' figures are noise. fw: forward under torch.no_grad() (session.run for onnxruntime); fwbw:
-forward, output.sum().backward() to the weights and the input. Measured with the first --threads value."""
+call on a short input (the same batch, at least {TINY_ROWS} rows: T=8 at B=1, T=1 at B=64) so that one-time costs
+(loading onnxruntime's and the compiled kernels' code, oneDNN's and onnxruntime's caches, ONNX Runtime's session
+setup) are not counted, resets its peak resident set to the current one (writing 5 to /proc/self/clear_refs), makes
+one call of the real shape and reports VmHWM (/proc/self/status) minus the resident set before the call, in MiB: the
+most memory the call held at once beyond what the process already held. Not getrusage's ru_maxrss: a child's
+ru_maxrss starts at its parent's high-water mark (fork copies it and exec keeps it), so beside this benchmark's own
+process it read 0 for every call; and without the reset, memory freed before the call and reused by it would be
+hidden below the earlier high-water mark. Limits: these are resident pages (KiB granularity on Linux), not bytes
+allocated; malloc keeps freed blocks and ONNX Runtime its memory arena, so a buffer reused from the tiny call counts
+as nothing; the smallest shapes' figures are noise. fw: forward under torch.no_grad() (session.run for onnxruntime);
+fwbw: forward, output.sum().backward() to the weights and the input. Measured with the first --threads value.
+"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -213,7 +223,8 @@ def measure_times(config: Config, onnx_path: Path, threads: int, warmup: int, re
     runners = {name: make_module(name, layer, config.cell) for name in CONTENDERS if name != ONNXRUNTIME}
     runners[ONNXRUNTIME] = make_session(onnx_path, threads)
     calls = {name: inference_call(runners[name], x) for name in CONTENDERS}
-    auto_runs = resolve("auto", x.device, x.dtype, workload=Workload(config.cell, config.batch, False, False, config.hidden))
+    workload = Workload(config.cell, config.batch, False, False, config.hidden)
+    auto_runs = resolve("auto", x.device, x.dtype, workload=workload)
     rows = {}
     for name, call in calls.items():
         error = relative_error(call(), exact)
@@ -246,7 +257,7 @@ def measure_peak(config: Config, contender: str, mode: str, onnx_path: Path, see
     """MiB that one call of the real shape holds at its peak beyond the resident set before it (PEAK_MEMORY_METHOD)."""
     layer = make_torch_layer(config, seed)
     x = make_input(config, seed)
-    tiny = make_input(Config(config.cell, TINY_BATCH, TINY_STEPS, config.hidden), seed)
+    tiny = make_input(warm_up_config(config), seed)
     if contender == ONNXRUNTIME:
         runner = make_session(onnx_path, torch.get_num_threads())
     else:

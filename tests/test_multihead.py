@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
 from fused_rnn.backends import native
-from fused_rnn.multihead import functional, sequence
+from fused_rnn.multihead import functional
 
 from checks import DEVICE, TOLERANCE, assert_close, gradients
 from layers import packed_batch_sizes
@@ -39,7 +39,7 @@ def runnable(backend, monkeypatch):
         multihead_recurrence_forward=ops.multihead_recurrence_forward_step_loop,
         multihead_recurrence_backward=ops.multihead_recurrence_backward_step_loop,
     )
-    monkeypatch.setattr(sequence, "native", SimpleNamespace(ops=lambda: loops))
+    monkeypatch.setattr(native, "ops", lambda: loops)
     chosen = functional.chosen_backend
     monkeypatch.setattr(functional, "chosen_backend", lambda b, *rest: "cuda" if b == "auto" else chosen(b, *rest))
     return "auto"
@@ -52,6 +52,8 @@ SHAPES = [  # T, B, I, num_heads, head_dim
     pytest.param(4, 3, 4, 1, 13, id="T4-B3-I4-NH1-DH13"),
     # Enough work per head for the compiled kernel to give heads to both threads; head_dim past a SIMD vector.
     pytest.param(3, 4, 6, 4, 37, id="T3-B4-I6-NH4-DH37"),
+    # One tile of 4 rows and 2 rows outside it in the compiled kernel's recurrent product; 12 gate rows per head.
+    pytest.param(2, 6, 3, 2, 3, id="T2-B6-I3-NH2-DH3"),
 ]
 
 

@@ -122,7 +122,7 @@ def test_auto_on_cpu_runs_the_compiled_kernel(monkeypatch):
 
     monkeypatch.setattr(native, "ops", Recording)
     make_cell(3, 2, 2, "auto")(torch.randn(2, 3, dtype=torch.float64))
-    assert calls == ["multihead_recurrence_forward"]
+    assert calls == ["product", "multihead_recurrence_forward"]  # the input projection, then the step loop
 
 
 def cell_function(cell):

@@ -1,6 +1,6 @@
 // x . y on at::vec SIMD vectors, for the CPU kernels' products that read a matrix's rows in place
-// (recurrence.h at batch 1, multihead.cpp). Included by each instruction set's translation unit, which picks
-// at::vec's CPU_CAPABILITY, so the function is compiled once per instruction set.
+// (recurrence.h at batch 1, multihead.cpp for rows outside its tiles). Included by each instruction set's
+// translation unit, which picks at::vec's CPU_CAPABILITY, so the function is compiled once per instruction set.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>

@@ -86,20 +86,70 @@ struct ForwardPointers {
     T *h, *c, *n, *m, *output, *saved;
 };
 
+// products[b][r] = sum_k h[b * H + k] W[r][k] for rows b < rows and r < R (W: [R][D]). Whole tiles of kTileRows
+// rows read W^T packed as transposed[k][r] (null below kTileRows rows): a register tile of kTileRows rows by
+// kTileVectors SIMD vectors of r, each weight vector loaded once per tile and k and each h value broadcast once, so
+// that no sum needs a horizontal reduction. The other rows take one dot product per row of W, read in place.
+constexpr int kTileRows = 4, kTileVectors = 2;
+
+template <typename T>
+void head_products(const T* weight, const T* transposed, const T* h, int64_t H, int64_t rows, int64_t D, int64_t R,
+                   T* products) {
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t U = Vec::size();
+    const int64_t tiled = transposed ? rows / kTileRows * kTileRows : 0;
+    for (int64_t b0 = 0; b0 < tiled; b0 += kTileRows) {
+        for (int64_t r0 = 0; r0 < R; r0 += kTileVectors * U) {
+            int lanes[kTileVectors];
+            for (int j = 0; j < kTileVectors; ++j) {
+                lanes[j] = static_cast<int>(std::clamp<int64_t>(R - r0 - j * U, 0, U));
+            }
+            Vec sums[kTileRows][kTileVectors];
+            for (auto& row : sums) {
+                for (Vec& sum : row) sum = Vec(T(0));
+            }
+            for (int64_t k = 0; k < D; ++k) {
+                Vec w[kTileVectors];
+                for (int j = 0; j < kTileVectors; ++j) w[j] = Vec::loadu(transposed + k * R + r0 + j * U, lanes[j]);
+                for (int i = 0; i < kTileRows; ++i) {
+                    const Vec x(h[(b0 + i) * H + k]);
+                    for (int j = 0; j < kTileVectors; ++j) sums[i][j] = at::vec::fmadd(x, w[j], sums[i][j]);
+                }
+            }
+            for (int i = 0; i < kTileRows; ++i) {
+                for (int j = 0; j < kTileVectors; ++j) {
+                    if (lanes[j] > 0) sums[i][j].store(products + (b0 + i) * R + r0 + j * U, lanes[j]);
+                }
+            }
+        }
+    }
+    for (int64_t b = tiled; b < rows; ++b) {
+        for (int64_t r = 0; r < R; ++r) products[b * R + r] = dot(weight + r * D, h + b * H, D);
+    }
+}
+
 template <typename T>
 void forward(const Shape& shape, const ForwardPointers<T>& p, bool exp_forget) {
     using Vec = at::vec::Vectorized<T>;
     constexpr int64_t W = Vec::size();
     const int64_t H = shape.hidden, D = shape.head_dim, G = shape.gates, SW = saved_width(shape.cell);
     for_each_head(shape, [&](int64_t first, int64_t end) {
-        std::vector<T> recurrent(G * D);  // h_head W_head^T of one row, gate-blocked
+        std::vector<T> products(shape.batch * G * D);  // h_head W_head^T of each active row, gate-blocked
+        // The head's W^T, packed once per call where some step has a whole tile of rows.
+        std::vector<T> transposed(shape.batch >= kTileRows ? D * G * D : 0);
         for (int64_t head = first; head < end; ++head) {
             const T* weight = p.weight_hh + head * G * D * D;
+            for (int64_t r = 0; r < G * D && !transposed.empty(); ++r) {
+                for (int64_t k = 0; k < D; ++k) transposed[k * G * D + r] = weight[r * D + k];
+            }
             for (const Step step : shape.steps) {
+                // Every active row's product before any row's h changes below.
+                head_products(weight, transposed.empty() ? nullptr : transposed.data(), p.h + head * D, H,
+                              step.active, D, G * D, products.data());
                 for (int64_t b = 0; b < step.active; ++b) {
                     const int64_t row = step.offset + b;
                     T* h = p.h + b * H + head * D;  // this head's units of row b, updated in place
-                    for (int64_t r = 0; r < G * D; ++r) recurrent[r] = dot(weight + r * D, h, D);
+                    const T* recurrent = products.data() + b * G * D;
                     T* out = p.output + row * H + head * D;
                     // One SIMD vector of the head's units at a time: units j = head * D + u, u in [u0, u0 + count).
                     for (int64_t u0 = 0; u0 < D; u0 += W) {

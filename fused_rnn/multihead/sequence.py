@@ -53,10 +53,7 @@ def sequence_forward(
     heads, _, head_dim = weight_hh.shape
     batch, hidden = state[0].shape
     acc = accumulate_dtype(input.dtype)
-    if bias_ih is None:
-        input_gates = torch.mm(input, weight_ih.t())
-    else:
-        input_gates = torch.addmm(bias_ih, input, weight_ih.t())
+    input_gates = native.gemms(kernel == "cpu").product(input, weight_ih, bias_ih)
     if kernel in ("cpu", "cuda"):  # the whole step loop in one call of the compiled kernels
         states = (*state, *(None,) * (4 - len(state)))
         output, *final, saved = native.ops().multihead_recurrence_forward(
@@ -128,6 +125,7 @@ def sequence_backward(
             grad_hidden_gates,
             state_grads[: len(state)],
             needs_grad,
+            native.gemms(kernel == "cpu"),
         )
     steps = _steps(kernel)
     grad_input_gates = input.new_empty(output.shape[0], gates * hidden)  # gate-major
@@ -161,22 +159,31 @@ def sequence_backward(
     else:
         state_grads = (dh, *(g.to(input.dtype) for g in carried))
     return _gradients(
-        input, state, weight_ih, weight_hh, h_prev, grad_input_gates, grad_hidden_gates, state_grads, needs_grad
+        input,
+        state,
+        weight_ih,
+        weight_hh,
+        h_prev,
+        grad_input_gates,
+        grad_hidden_gates,
+        state_grads,
+        needs_grad,
+        native.TorchGemms,
     )
 
 
 def _gradients(
-    input, state, weight_ih, weight_hh, h_prev, grad_input_gates, grad_hidden_gates, state_grads, needs_grad
+    input, state, weight_ih, weight_hh, h_prev, grad_input_gates, grad_hidden_gates, state_grads, needs_grad, gemms
 ):
     """sequence_backward's outputs from the gate gradients of every row: the input, weight and bias gradients as
-    single GEMMs and sums."""
+    single GEMMs (gemms: fused_rnn.backends.native.gemms) and sums."""
     heads, rows, head_dim = weight_hh.shape[0], weight_hh.shape[1], weight_hh.shape[2]
     gates = rows // head_dim
     empty = lambda: input.new_empty(0)  # one per absent gradient: a custom op's outputs may not alias each other
     by_head = grad_hidden_gates.view(-1, heads, gates * head_dim)
     compute = (
-        lambda: torch.mm(grad_input_gates, weight_ih),
-        lambda: torch.mm(grad_input_gates.t(), input),
+        lambda: gemms.product(grad_input_gates, weight_ih.t(), None),
+        lambda: gemms.weight_gradient(grad_input_gates, input),
         lambda: torch.bmm(by_head.permute(1, 2, 0), _by_head(h_prev, heads)),
         lambda: grad_input_gates.sum(0),
         lambda: by_head.sum(0).view(heads, gates, head_dim).transpose(0, 1).reshape(-1),
