@@ -12,9 +12,10 @@
   model says the weights fit the GPU's shared memory. Unverified on a GPU: "auto" never picks it.
 
 "auto" picks, on CUDA, "triton" (the reference where Triton cannot run; "cuda" is not picked until GPU measurements
-of it are committed); on CPU "cpu" for the shapes where the
-committed measurements (benchmarks/results/cpu_native/cpu.md) show it faster than torch.nn, else "torch", which on CPU
-is 2-18x faster than the reference (benchmarks/results/cpu.md) and keeps double backward and torch.compile.
+of it are committed); on CPU "cpu" for the shapes where the committed measurements (benchmarks/results/cpu_native/
+cpu.md, cpu_inference.md) show it faster than torch.nn, else "torch", which on CPU is 2-18x faster than the reference
+(benchmarks/results/cpu.md) and keeps double backward and torch.compile. The layers beyond torch.nn (IndRNN, LayerNorm
+LSTM/GRU, the multi-head cells) choose among their own backends (their functional modules' chosen_backend).
 
 Zoneout (LSTM and GRU, with or without projection) runs on "triton", "cpu", "cuda" and "reference"; "auto" picks
 "triton" on CUDA and "cpu" on CPU (the reference where those cannot run: benchmarks/results/zoneout_cpu.md, the Triton
