@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 import fused_rnn
-from benchmarks.timing import Timing
+from benchmarks.timing import time_interleaved
 from fused_rnn.backends import Workload, native, resolve
 
 
@@ -193,24 +192,6 @@ def training_call(module: nn.Module, x: torch.Tensor):
 def relative_error(output: torch.Tensor, exact: torch.Tensor) -> float:
     """Normwise: ||output - exact|| / ||exact||."""
     return ((output.double() - exact).norm() / exact.norm()).item()
-
-
-def time_interleaved(calls: dict, warmup: int, repeats: int) -> dict[str, Timing]:
-    """Each call's median and 20%/80% quantiles over `repeats` rounds after `warmup` ones; every round calls each
-    once, so load from other processes on a shared machine falls on all contenders alike."""
-    names = list(calls)
-    times = {name: [] for name in names}
-    for turn in range(warmup + repeats):
-        # Start each round at the next contender, so none always runs right after the same other one.
-        for name in names[turn % len(names) :] + names[: turn % len(names)]:
-            start = time.perf_counter()
-            calls[name]()
-            if turn >= warmup:
-                times[name].append((time.perf_counter() - start) * 1e3)
-    quantiles = torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)
-    return {
-        name: Timing(*torch.tensor(t, dtype=torch.float64).quantile(quantiles).tolist()) for name, t in times.items()
-    }
 
 
 def measure_times(config: Config, onnx_path: Path, threads: int, warmup: int, repeats: int, seed: int) -> list[dict]:

@@ -63,3 +63,21 @@ def peak_memory_mb(run: Callable[[], None], reset: Callable[[], None], device: t
     run()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def time_interleaved(calls: dict, warmup: int, repeats: int) -> dict[str, Timing]:
+    """Each call's median and 20%/80% quantiles over `repeats` rounds after `warmup` ones; every round calls each
+    once, so load from other processes on a shared machine falls on all contenders alike."""
+    names = list(calls)
+    times = {name: [] for name in names}
+    for turn in range(warmup + repeats):
+        # Start each round at the next contender, so none always runs right after the same other one.
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            if turn >= warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    quantiles = torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)
+    return {
+        name: Timing(*torch.tensor(t, dtype=torch.float64).quantile(quantiles).tolist()) for name, t in times.items()
+    }

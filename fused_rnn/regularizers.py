@@ -119,5 +119,4 @@ class LockedDropout(nn.Module):
 
     def _mask(self, batch: int, like: torch.Tensor) -> torch.Tensor:
         """(batch, features): Bernoulli(1 - p) / (1 - p), drawn once per call."""
-        keep = torch.empty(batch, like.shape[-1], dtype=like.dtype, device=like.device).bernoulli_(1 - self.p)
-        return keep / (1 - self.p)
+        return like.new_empty(batch, like.shape[-1]).bernoulli_(1 - self.p).div_(1 - self.p)

@@ -188,3 +188,20 @@ def test_check_skips_cpu_results_explicitly(tmp_path, capsys):
 def test_check_without_results_or_gpu_skips_explicitly(capsys):
     assert check.main([]) == 0
     assert capsys.readouterr().out.startswith("SKIPPED")
+
+
+def test_regularizers_benchmark_checks_each_contender_against_its_baseline_and_writes_its_table(tmp_path):
+    """benchmarks.regularizers_cpu asserts before timing that fused_rnn's DropConnect and locked dropout give the
+    baseline's outputs for the same seed; its table has one row per regularizer, shape and contender."""
+    from benchmarks import regularizers_cpu
+
+    result = regularizers_cpu.main(["--quick", "--out", str(tmp_path / "regularizers")])
+    contenders = {r["kind"]: set() for r in result["rows"]}
+    for r in result["rows"]:
+        contenders[r["kind"]].add(r["contender"])
+    assert contenders == {
+        "weight_drop": {"fused_rnn_weight_drop", "awd_weight_drop_torch_nn", "torch_nn_without_drop"},
+        "locked_dropout": {"fused_rnn_locked_dropout", "awd_locked_dropout", "nn_dropout_per_step"},
+    }
+    table = (tmp_path / "regularizers.md").read_text()
+    assert table.count("| weight_drop |") == 3 and table.count("| locked_dropout |") == 3
