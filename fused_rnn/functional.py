@@ -255,7 +255,8 @@ def layers_on_torch_nn(
         (output, h_n, c_n or None) shaped as torch.nn's, or None.
     """
     spec = CELLS[cell]
-    if backend not in ("auto", "torch") or any(checked_zoneout(zoneout, cell)):
+    # zoneout=0 (the default) skips the check: nothing else is falsy and valid.
+    if backend not in ("auto", "torch") or (zoneout and any(checked_zoneout(zoneout, cell))):
         return None
     batch_sizes = _batch_sizes(batch_sizes, input)
     weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights[0]
@@ -264,12 +265,11 @@ def layers_on_torch_nn(
     grads = _needs_backward((input, h0, c0, *(w for layer in weights for w in layer)))
     if _chosen(backend, cell, input, batch, batch_sizes, hidden, weight_hr, grads, False) != "torch":
         return None
-    layer_input = input
+    features = input.shape[-1]  # what the next layer's weights must fit
     for index, layer_weights in enumerate(weights):
-        _check_weights(spec, layer_input, *layer_weights)
+        _check_weights(spec, input, *layer_weights, input_size=features)
         if index % (2 if bidirectional else 1) == (1 if bidirectional else 0):
-            width = (2 if bidirectional else 1) * layer_weights[1].shape[1]
-            layer_input = input.new_empty(0, width)  # what the next layer's weights must fit: only its width
+            features = (2 if bidirectional else 1) * layer_weights[1].shape[1]
     return torch_rnn.layers(
         cell, input, h0, c0, weights, batch_sizes, dropout if training else 0.0, training or grads, bidirectional
     )
@@ -355,28 +355,26 @@ def _batch_sizes(batch_sizes, input):
     return batch_sizes
 
 
-def _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
-    named = {
-        "weight_ih": weight_ih,
-        "weight_hh": weight_hh,
-        "bias_ih": bias_ih,
-        "bias_hh": bias_hh,
-        "weight_hr": weight_hr,
-    }
-    for name, t in named.items():
+def _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, input_size=None):
+    """TypeError/ValueError naming the weight that does not fit `input` (its dtype, device and, unless input_size is
+    given, its last dimension) and the cell. Runs on every call: written for speed (each tensor attribute read once)."""
+    dtype, device = input.dtype, input.device
+    if input_size is None:
+        input_size = input.shape[-1]
+    named = (("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih), ("bias_hh", bias_hh))
+    for name, t in (*named, ("weight_hr", weight_hr)):
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
-        if t.dtype != input.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}; cast one to match")
-        if t.device != input.device:
-            raise ValueError(f"{name} is on {t.device} but input is on {input.device}")
-    if weight_hh.dim() != 2 or weight_hh.shape[0] % spec.gates or weight_hh.shape[0] == 0:
-        raise ValueError(
-            f"weight_hh must be ({spec.gates} * hidden_size, hidden_size), got shape {tuple(weight_hh.shape)}"
-        )
-    gate_rows = weight_hh.shape[0]
+        if t.dtype != dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but input has {dtype}; cast one to match")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but input is on {device}")
+    shape_hh = weight_hh.shape
+    if len(shape_hh) != 2 or shape_hh[0] % spec.gates or shape_hh[0] == 0:
+        raise ValueError(f"weight_hh must be ({spec.gates} * hidden_size, hidden_size), got shape {tuple(shape_hh)}")
+    gate_rows = shape_hh[0]
     hidden = gate_rows // spec.gates
     if weight_hr is not None:
         if not spec.has_cell_state:
@@ -386,17 +384,17 @@ def _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_h
                 f"weight_hr must be (proj_size, {hidden}) with proj_size < {hidden}, got shape {tuple(weight_hr.shape)}"
             )
     hidden_out = weight_hr.shape[0] if weight_hr is not None else hidden
-    if weight_hh.shape[1] != hidden_out:
-        raise ValueError(f"weight_hh must be ({gate_rows}, {hidden_out}), got shape {tuple(weight_hh.shape)}")
-    if weight_ih.dim() != 2 or weight_ih.shape != (gate_rows, input.shape[-1]):
+    if shape_hh[1] != hidden_out:
+        raise ValueError(f"weight_hh must be ({gate_rows}, {hidden_out}), got shape {tuple(shape_hh)}")
+    if weight_ih.shape != (gate_rows, input_size):
         raise ValueError(
-            f"weight_ih must be ({gate_rows}, input_size={input.shape[-1]}), got shape {tuple(weight_ih.shape)}"
+            f"weight_ih must be ({gate_rows}, input_size={input_size}), got shape {tuple(weight_ih.shape)}"
         )
     if (bias_ih is None) != (bias_hh is None):
         raise ValueError("bias_ih and bias_hh must be given together or not at all")
-    for name in ("bias_ih", "bias_hh"):
-        if named[name] is not None and named[name].shape != (gate_rows,):
-            raise ValueError(f"{name} must be ({gate_rows},), got shape {tuple(named[name].shape)}")
+    for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if bias is not None and bias.shape != (gate_rows,):
+            raise ValueError(f"{name} must be ({gate_rows},), got shape {tuple(bias.shape)}")
 
 
 def checked_state(name, state, input, shape):

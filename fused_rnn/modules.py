@@ -115,10 +115,12 @@ class _FusedRNNBase:
         directions = 2 if self.bidirectional else 1
         cell = self._cell()
         weights = [
-            tuple(_autocast(w, cast) for w in self._layer_weights(layer, direction == 1))
+            self._layer_weights(layer, direction == 1)
             for layer in range(self.num_layers)
             for direction in range(directions)
         ]
+        if cast is not None:
+            weights = [tuple(_autocast(w, cast) for w in layer_weights) for layer_weights in weights]
         on_torch_nn = functional.layers_on_torch_nn(
             cell,
             x,
