@@ -16,17 +16,14 @@ Each contender's output is checked against the float64 reference before it is ti
 Writes OUT.json (the rows) and OUT.md (the table, with ratios to plain_loop).
 """
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.timing import time_runs
-from benchmarks.variants_cpu import environment
+from benchmarks.variants_cpu import run_command_line
 from fused_rnn.multihead import functional
 
 # (cell, batch, steps, hidden, heads); input size = hidden
@@ -199,20 +196,7 @@ def markdown(result) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (for the tests)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    warmup, repeats = (1, 3) if args.quick else (3, 15)
-    rows = measure(QUICK_SHAPES if args.quick else SHAPES, warmup, repeats)
-    result = {"environment": environment(), "warmup": warmup, "repeats": repeats, "rows": rows}
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(result))
-    return result
+    return run_command_line(__doc__, argv, measure, SHAPES, QUICK_SHAPES, markdown)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Writes OUT.json (the rows) and OUT.md (the table, with ratios to plain_loop).
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -167,21 +168,32 @@ def markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one tiny shape, few repeats (for the tests)")
+def run_command_line(doc, argv, measure, shapes, quick_shapes, markdown) -> dict:
+    """The command line the CPU variant benchmarks share: --quick (tiny shapes, few repeats, for the tests),
+    --threads, --out (OUT.json with the rows, OUT.md from markdown(result)). measure(shapes, warmup, repeats) gives
+    the rows; the machine's 1-minute load average before and after goes in the environment (the machine is shared:
+    it says how much the figures may be disturbed)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (for the tests)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warmup, repeats = (1, 3) if args.quick else (3, 15)
-    rows = measure(QUICK_SHAPES if args.quick else SHAPES, warmup, repeats)
-    result = {"environment": environment(), "warmup": warmup, "repeats": repeats, "rows": rows}
+    load_before = os.getloadavg()[0]
+    rows = measure(quick_shapes if args.quick else shapes, warmup, repeats)
+    load = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
+    result = {"environment": {**environment(), "load_average": load}, "warmup": warmup, "repeats": repeats}
+    result["rows"] = rows
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
         args.out.with_suffix(".md").write_text(markdown(result))
     return result
+
+
+def main(argv=None) -> dict:
+    return run_command_line(__doc__, argv, measure, SHAPES, QUICK_SHAPES, markdown)
 
 
 if __name__ == "__main__":
