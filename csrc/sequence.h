@@ -40,6 +40,12 @@ struct SequenceShape {
     std::vector<Step> steps;  // in the order the forward visits them (last to first when reverse)
 };
 
+// The data of an optional tensor the kernels may go without: null when it is absent or has no elements.
+template <typename T>
+T* data_or_null(const std::optional<at::Tensor>& t) {
+    return t && t->defined() && t->numel() ? t->data_ptr<T>() : nullptr;
+}
+
 // x W_ih^T + b_ih + b_hh (GRU: without b_hh's n block) of the rows of some consecutive steps: row r's G*H values
 // start at data + (r - first_row) * G*H.
 template <typename scalar_t>

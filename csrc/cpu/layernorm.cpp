@@ -139,11 +139,6 @@ void dispatch(Rows rows, at::ScalarType dtype, const Run& run) {
     }
 }
 
-template <typename P>
-P* data_or_null(const std::optional<Tensor>& t) {
-    return t && t->defined() && t->numel() ? t->data_ptr<P>() : nullptr;
-}
-
 // Returns output (N, H), h_n, c_n (empty for the GRU) and the saved tensors (no rows unless save): activations
 // (N, 4H), hidden_normalized (N, G*H), cell (N, 2H or H), rstd (N, 2 or 1), in the math dtype.
 template <bool kSerial>

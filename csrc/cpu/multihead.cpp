@@ -270,11 +270,6 @@ void backward(const Shape& shape, const BackwardPointers<T>& p, bool exp_forget)
     });
 }
 
-template <typename T>
-T* data_or_null(const std::optional<Tensor>& t) {
-    return t && t->defined() && t->numel() ? t->data_ptr<T>() : nullptr;
-}
-
 // Returns output (N, H), the final h, c, n, m (those the cell has; others empty) and the saved activations.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multihead_recurrence_forward(
     std::string_view cell, const Tensor& input_gates, const Tensor& weight_hh, const std::optional<Tensor>& bias_hh,

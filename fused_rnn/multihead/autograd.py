@@ -83,29 +83,10 @@ def _run_forward(
 multihead_forward = torch.library.custom_op("fused_rnn::multihead_forward", mutates_args=())(_run_forward)
 
 
-def forward(
-    input, h0, c0, n0, m0, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes, reverse, cell, forget_gate, save, kernel
-):
-    """multihead_forward's outputs, differentiable when `save`; in plain eager mode without the registered op's cost
-    (fused_rnn.eager)."""
-    arguments = (
-        input,
-        h0,
-        c0,
-        n0,
-        m0,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        batch_sizes,
-        reverse,
-        cell,
-        forget_gate,
-        save,
-        kernel,
-    )
-    return _FORWARD(input, *arguments, differentiable=save)
+def forward(*arguments):
+    """multihead_forward's outputs (same arguments, all given), differentiable when `save` (the one before the
+    kernel); in plain eager mode without the registered op's cost (fused_rnn.eager)."""
+    return _FORWARD(arguments[0], *arguments, differentiable=arguments[-2])
 
 
 @multihead_forward.register_fake
@@ -222,31 +203,10 @@ def _(
 
 
 def _setup_context(ctx, inputs, output):
-    (
-        input,
-        h0,
-        c0,
-        n0,
-        m0,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        batch_sizes,
-        reverse,
-        cell,
-        forget_gate,
-        _,
-        kernel,
-    ) = inputs
-    ctx.batch_sizes, ctx.reverse, ctx.cell, ctx.forget_gate, ctx.kernel = (
-        batch_sizes,
-        reverse,
-        cell,
-        forget_gate,
-        kernel,
-    )
-    ctx.save_for_backward(input, h0, c0, n0, m0, weight_ih, weight_hh, bias_ih, bias_hh, output[0], output[5])
+    *leaves, batch_sizes, reverse, cell, forget_gate, _, kernel = inputs
+    ctx.batch_sizes, ctx.reverse, ctx.cell = batch_sizes, reverse, cell
+    ctx.forget_gate, ctx.kernel = forget_gate, kernel
+    ctx.save_for_backward(*leaves, output[0], output[5])
     ctx.mark_non_differentiable(output[5])
 
 
