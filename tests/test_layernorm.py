@@ -476,6 +476,9 @@ def test_bad_input_is_rejected_with_named_errors():
     for error, message, changes in cases:
         with pytest.raises(error, match=message):
             call(**changes)
+    if DEVICE.type == "cpu":  # why depends on the build and the machine: no CUDA kernels, no GPU, CPU tensors
+        with pytest.raises(ValueError, match="backend='cuda' cannot run here: "):
+            call(backend="cuda")
     low_precision = {name: value.bfloat16() for name, value in arguments.items() if name != "hx"}
     with pytest.raises(ValueError, match="backend='cpu' cannot run here: dtype torch.bfloat16 is not supported"):
         functional.layernorm_lstm(**low_precision, hx=None, backend="cpu")

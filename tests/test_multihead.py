@@ -553,6 +553,9 @@ def test_bad_input_is_rejected_with_named_errors():
     low_precision = [t.bfloat16() for t in (x, *state, weight_ih, weight_hh, bias)]
     with pytest.raises(ValueError, match="backend='cpu' cannot run here: dtype torch.bfloat16 is not supported"):
         functional.slstm(low_precision[0], tuple(low_precision[1:5]), *low_precision[5:], backend="cpu")
+    if DEVICE.type == "cpu":  # why depends on the build and the machine: no CUDA kernels, no GPU, CPU tensors
+        with pytest.raises(ValueError, match="backend='cuda' cannot run here: "):
+            call(backend="cuda")
     with pytest.raises(ValueError, match="hidden_size must be divisible by num_heads"):
         fused_rnn.sLSTM(3, 10, num_heads=3)
     with pytest.raises(ValueError, match="num_heads must be a positive integer"):
