@@ -2,10 +2,12 @@
 
     python -m benchmarks.gpu_check OUTDIR              # on the GPU machine: about 8 minutes at most
     python -m benchmarks.gpu_check --dry-run OUTDIR    # the same pipeline on CPU at tiny sizes (CI runs it)
+    python -m benchmarks.gpu_check --skip sanitizer OUTDIR   # leave a part out (a rerun on short device time)
 
 Each part runs in its own process with its own time limit, so a part that fails, crashes or hangs does not
 stop the others; the run ends with one summary line per part (also in OUTDIR/summary.txt) and exits 1 if any
-part failed. OUTDIR gets 8 files: environment.log (versions, GPU, driver, commit, then the install's output),
+part failed. The install comes first, so that no later part compiles the kernels on first use. OUTDIR gets 8
+files: environment.log (the install's output, then versions, GPU, driver, commit),
 tests.log, sanitizer.log, benchmarks.log, the benchmark results <device>.json and <device>.md (as
 benchmarks.run writes them, ready to commit to benchmarks/results/), <device>.png (time relative to torch.nn
 per case) and summary.txt.
@@ -34,7 +36,7 @@ from benchmarks.configs import STANDARD_CONFIGS, Config
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Seconds per part on the GPU machine; together under 8 minutes. The benchmarks stop starting new cases
 # BENCHMARK_MARGIN_S before their limit, so what was measured gets written.
-TIME_LIMITS_S = {"environment": 30, "install": 80, "tests": 150, "sanitizer": 75, "benchmarks": 135}
+TIME_LIMITS_S = {"install": 80, "environment": 30, "tests": 150, "sanitizer": 75, "benchmarks": 135}
 # Of the sanitizer's time: racecheck of a small persistent forward+backward (the kernels that share memory across
 # warps and exchange state between CTAs); memcheck of every backend gets the rest.
 RACECHECK_S = 20
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("outdir", type=Path, help="where the files go (created if missing)")
     parser.add_argument("--dry-run", action="store_true", help="on CPU, tiny sizes; checks the pipeline itself")
     parser.add_argument(
+        "--skip", action="append", default=[], choices=list(TIME_LIMITS_S), help="leave this part out (repeatable)"
+    )
+    parser.add_argument(
         "--part", choices=("environment", "workload", "persistent-workload", "benchmarks"), help=argparse.SUPPRESS
     )
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
@@ -90,14 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         return run_benchmarks(args.outdir, args.dry_run, args.seconds)
 
     parts = {
-        "environment": check_environment,
         "install": install,
+        "environment": check_environment,
         "tests": run_tests,
         "sanitizer": run_sanitizer,
         "benchmarks": benchmark,
     }
     summary, all_ok = [], True
     for name, part in parts.items():
+        if name in args.skip:
+            summary.append(f"{name}: skipped (--skip)")
+            print(summary[-1], flush=True)
+            continue
         start = time.monotonic()
         try:
             outcome = part(args.outdir, args.dry_run, TIME_LIMITS_S[name])
@@ -162,7 +171,9 @@ def _failed(status: int | None, log: Path, time_limit_s: float) -> Outcome:
 
 def check_environment(outdir: Path, dry_run: bool, time_limit_s: float) -> Outcome:
     log = outdir / ENVIRONMENT_LOG
-    status = run_logged(_module_command(outdir, dry_run, "environment"), log, time_limit_s, _environment(dry_run))
+    status = run_logged(
+        _module_command(outdir, dry_run, "environment"), log, time_limit_s, _environment(dry_run), mode="a"
+    )
     if status != 0:
         return _failed(status, log, time_limit_s)
     return Outcome(True, f"ok: {_last_line(log)}")
@@ -232,7 +243,7 @@ def install(outdir: Path, dry_run: bool, time_limit_s: float) -> Outcome:
     command = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index"]
     command += ["--disable-pip-version-check", "-e", "."] + (["--dry-run"] if dry_run else [])
     environment = _environment(dry_run) | {"MAX_JOBS": "16"}
-    status = run_logged(command, log, time_limit_s, environment, mode="a")
+    status = run_logged(command, log, time_limit_s, environment)
     if status != 0:
         return _failed(status, log, time_limit_s)
     return Outcome(True, f"ok: {_last_line(log)}")
