@@ -286,7 +286,7 @@ def test_fused_kernels_are_deterministic(backend):
 def per_sequence_oracle(layer, padded, lengths, h0):
     """What a bidirectional multi-layer IndRNN computes, one sequence at a time with the plain loop: output (T, B,
     2H) zero past each length, h_n (layers * 2, B, H). The reverse direction runs over the sequence's own steps."""
-    outputs, finals = torch.zeros(padded.shape[0], len(lengths), 2 * layer.hidden_size, dtype=padded.dtype), []
+    outputs, finals = padded.new_zeros(padded.shape[0], len(lengths), 2 * layer.hidden_size), []
     for b, length in enumerate(lengths):
         x, h_b = padded[:length, b : b + 1], []
         for k in range(layer.num_layers):
@@ -414,9 +414,9 @@ def test_bad_input_is_rejected_with_named_errors():
         **{"input": x, "hx": h0, "weight_ih": weight_ih, "weight_hh": u, "bias_ih": bias, **changes}
     )
     cases = [
-        (ValueError, "weight_hh must be a vector", {"weight_hh": torch.ones(5, 5, dtype=torch.float64)}),
-        (ValueError, "weight_ih must be", {"weight_ih": torch.ones(5, 3, dtype=torch.float64)}),
-        (ValueError, "bias_ih must be", {"bias_ih": torch.ones(4, dtype=torch.float64)}),
+        (ValueError, "weight_hh must be a vector", {"weight_hh": torch.ones(5, 5, dtype=torch.float64, device=DEVICE)}),
+        (ValueError, "weight_ih must be", {"weight_ih": torch.ones(5, 3, dtype=torch.float64, device=DEVICE)}),
+        (ValueError, "bias_ih must be", {"bias_ih": torch.ones(4, dtype=torch.float64, device=DEVICE)}),
         (TypeError, "weight_hh has dtype", {"weight_hh": u.float()}),
         (ValueError, "hx must have shape", {"hx": torch.zeros(2, 5, dtype=torch.float64)}),
         (TypeError, "hx has dtype", {"hx": h0.float()}),
@@ -448,9 +448,9 @@ def test_triton_refuses_a_state_too_large_for_32_bit_offsets():
     """The kernels index a step's [batch, hidden] block with 32-bit offsets: batch x hidden >= 2**31 is refused by
     name, never indexed past the block."""
     batch, hidden = 2**21, 1024
-    x = torch.zeros(1, 1, 1).expand(1, batch, 1)  # no memory behind the batch
-    hx = torch.zeros(1, 1).expand(batch, hidden)
-    weight_ih, weight_hh = torch.zeros(hidden, 1), torch.zeros(hidden)
+    x = torch.zeros(1, 1, 1, device=DEVICE).expand(1, batch, 1)  # no memory behind the batch
+    hx = torch.zeros(1, 1, device=DEVICE).expand(batch, hidden)
+    weight_ih, weight_hh = torch.zeros(hidden, 1, device=DEVICE), torch.zeros(hidden, device=DEVICE)
     with pytest.raises(ValueError, match="backend='triton' cannot run here: batch x hidden_size is too large"):
         functional.indrnn(x, hx, weight_ih, weight_hh, backend="triton")
 

@@ -289,7 +289,7 @@ def per_sequence_oracle(layer, padded, lengths, states):
     zero past each length, and the final states, each (layers * 2, B, H). The reverse direction runs over the
     sequence's own steps."""
     cell = layer.CELL
-    output = torch.zeros(padded.shape[0], len(lengths), 2 * layer.hidden_size, dtype=padded.dtype)
+    output = padded.new_zeros(padded.shape[0], len(lengths), 2 * layer.hidden_size)
     finals = []
     for b, length in enumerate(lengths):
         x, finals_b = padded[:length, b : b + 1], []
@@ -455,7 +455,7 @@ def test_bad_input_is_rejected_with_named_errors():
         "norm_c_bias": shift_c,
     }
     call = lambda **changes: functional.layernorm_lstm(**{**arguments, **changes})
-    ones = lambda *shape: torch.ones(shape, dtype=torch.float64)
+    ones = lambda *shape: torch.ones(shape, dtype=torch.float64, device=DEVICE)
     cases = [
         (ValueError, "weight_hh must be \\(4 \\* hidden_size, hidden_size\\)", {"weight_hh": ones(5, 5)}),
         (ValueError, "weight_ih must have shape \\(20, 4\\)", {"weight_ih": ones(20, 3)}),
@@ -479,10 +479,10 @@ def test_bad_input_is_rejected_with_named_errors():
     if DEVICE.type == "cpu":  # why depends on the build and the machine: no CUDA kernels, no GPU, CPU tensors
         with pytest.raises(ValueError, match="backend='cuda' cannot run here: "):
             call(backend="cuda")
-    low_precision = {name: value.bfloat16() for name, value in arguments.items() if name != "hx"}
+    low_precision = {name: value.cpu().bfloat16() for name, value in arguments.items() if name != "hx"}
     with pytest.raises(ValueError, match="backend='cpu' cannot run here: dtype torch.bfloat16 is not supported"):
         functional.layernorm_lstm(**low_precision, hx=None, backend="cpu")
-    gru_weights = [torch.ones(15, 4), torch.ones(15, 5), torch.ones(15), None, torch.ones(15), torch.ones(15)]
+    gru_weights = [torch.ones(shape, device=DEVICE) if shape else None for shape in [(15, 4), (15, 5), 15, 0, 15, 15]]
     with pytest.raises(ValueError, match="bias_ih and bias_hh must both be given or both be None"):
         functional.layernorm_gru(x.float(), None, *gru_weights)
     with pytest.raises(ValueError, match="proj_size is not supported by LayerNormLSTM"):
@@ -508,9 +508,11 @@ def test_bad_input_is_rejected_with_named_errors():
 def test_triton_refuses_a_step_too_large_for_32_bit_offsets():
     """The kernels index a step's [batch, 4 * hidden] block with 32-bit offsets: larger is refused by name."""
     batch, hidden = 2**19, 1024
-    x = torch.zeros(1, 1, 1).expand(1, batch, 1)  # no memory behind the batch
-    h = torch.zeros(1, 1).expand(batch, hidden)
-    weights = [torch.zeros(4 * hidden, 1), torch.zeros(4 * hidden, hidden), None]
-    weights += [torch.ones(4 * hidden), torch.ones(4 * hidden), torch.ones(hidden), torch.zeros(hidden)]
+    x = torch.zeros(1, 1, 1, device=DEVICE).expand(1, batch, 1)  # no memory behind the batch
+    h = torch.zeros(1, 1, device=DEVICE).expand(batch, hidden)
+    on_device = {"device": DEVICE}
+    weights = [torch.zeros(4 * hidden, 1, **on_device), torch.zeros(4 * hidden, hidden, **on_device), None]
+    weights += [torch.ones(4 * hidden, **on_device), torch.ones(4 * hidden, **on_device)]
+    weights += [torch.ones(hidden, **on_device), torch.zeros(hidden, **on_device)]
     with pytest.raises(ValueError, match="backend='triton' cannot run here: batch x hidden_size is too large"):
         functional.layernorm_lstm(x, (h, h), *weights, backend="triton")

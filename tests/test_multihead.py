@@ -221,7 +221,7 @@ def test_slstm_from_the_zero_state_with_either_forget_gate(backend, forget_gate,
 
 def test_stabilizer_leaves_h_unchanged_where_the_unstabilized_form_is_finite():
     x, state, weight_ih, weight_hh, bias, _ = detached(leaves("slstm", 6, 3, 4, 2, 4))
-    state = (state[0], state[1], state[2], torch.randn(3, 8, dtype=torch.float64) * 3)
+    state = (state[0], state[1], state[2], torch.randn(3, 8, dtype=torch.float64, device=DEVICE) * 3)
     expected = unstabilized_slstm_output(x, state, weight_ih, weight_hh, bias)
     assert expected.isfinite().all()
     output, _ = functional.slstm(x, state, weight_ih, weight_hh, bias, backend="reference")
@@ -525,7 +525,7 @@ def test_bad_input_is_rejected_with_named_errors():
     call = lambda **changes: functional.slstm(
         **{"input": x, "state": state, "weight_ih": weight_ih, "weight_hh": weight_hh, "bias": bias, **changes}
     )
-    f64 = {"dtype": torch.float64}
+    f64 = {"dtype": torch.float64, "device": DEVICE}
     cases = [
         (
             ValueError,
@@ -550,7 +550,7 @@ def test_bad_input_is_rejected_with_named_errors():
             call(**changes)
     with pytest.raises(ValueError, match="one bias"):
         functional.run("slstm", x, state, weight_ih, weight_hh, bias, bias)
-    low_precision = [t.bfloat16() for t in (x, *state, weight_ih, weight_hh, bias)]
+    low_precision = [t.cpu().bfloat16() for t in (x, *state, weight_ih, weight_hh, bias)]
     with pytest.raises(ValueError, match="backend='cpu' cannot run here: dtype torch.bfloat16 is not supported"):
         functional.slstm(low_precision[0], tuple(low_precision[1:5]), *low_precision[5:], backend="cpu")
     if DEVICE.type == "cpu":  # why depends on the build and the machine: no CUDA kernels, no GPU, CPU tensors
@@ -580,9 +580,9 @@ def test_triton_refuses_a_step_too_large_for_32_bit_offsets():
     """The kernels index one step's [batch, 7 * hidden] saved block with 32-bit offsets: a step past 2**31 elements
     is refused by name, never indexed past the block."""
     batch, hidden = 2**19, 1024
-    x = torch.zeros(1, 1, 1).expand(1, batch, 1)  # no memory behind the batch and the state
-    state = (torch.zeros(1, 1).expand(batch, hidden),) * 4
-    weight_ih, weight_hh = torch.zeros(4 * hidden, 1), torch.zeros(8, 4 * 128, 128)
+    x = torch.zeros(1, 1, 1, device=DEVICE).expand(1, batch, 1)  # no memory behind the batch and the state
+    state = (torch.zeros(1, 1, device=DEVICE).expand(batch, hidden),) * 4
+    weight_ih, weight_hh = torch.zeros(4 * hidden, 1, device=DEVICE), torch.zeros(8, 4 * 128, 128, device=DEVICE)
     with pytest.raises(ValueError, match="backend='triton' cannot run here: batch x hidden_size is too large"):
         functional.slstm(x, state, weight_ih, weight_hh, backend="triton")
 

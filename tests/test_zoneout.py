@@ -124,7 +124,7 @@ def assert_match(expected, actual, dtype, atol=None, rtol=None):
 def test_reference_matches_the_plain_loop(steps, batch, input_size, hidden, cell, training):
     tensors = leaves(cell, steps, batch, input_size, hidden)
     torch.manual_seed(5)
-    masks = masks_as_the_docstring_says(cell, ZONEOUT[cell], steps * batch, hidden, training)
+    masks = masks_as_the_docstring_says(cell, ZONEOUT[cell], steps * batch, hidden, training, device=DEVICE)
     expected = plain_loop(cell, *tensors, masks)
     assert_match(
         (expected, gradients(expected, tensors)),
@@ -140,7 +140,7 @@ def test_reference_matches_the_plain_loop_on_packed_rows(cell, training):
     batch_sizes = packed_batch_sizes(lengths)
     tensors = leaves(cell, None, len(lengths), 3, 6, rows=sum(lengths))
     torch.manual_seed(2)
-    masks = masks_as_the_docstring_says(cell, ZONEOUT[cell], sum(lengths), 6, training)
+    masks = masks_as_the_docstring_says(cell, ZONEOUT[cell], sum(lengths), 6, training, device=DEVICE)
     expected = plain_loop(cell, *tensors, masks, batch_sizes)
     assert_match(
         (expected, gradients(expected, tensors)),

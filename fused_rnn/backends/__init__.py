@@ -9,11 +9,14 @@
   step kernel per step, with no Python per step; float16, bfloat16, float32, float64.
 - "persistent": one cooperative launch of csrc/persistent/ per direction and layer runs every step, W_hh on chip
   (fused_rnn.backends.persistent); LSTM and GRU without projection, float16, bfloat16, float32, where the capacity
-  model says the weights fit the GPU's shared memory. Unverified on a GPU: "auto" never picks it.
+  model says the weights fit the GPU's shared memory.
 
-"auto" picks, on CUDA, "triton" (the reference where Triton cannot run; "cuda" is not picked until GPU measurements
-of it are committed); on CPU "cpu" for the shapes where the committed measurements (benchmarks/results/cpu_native/
-cpu.md, cpu_inference.md) show it faster than torch.nn, else "torch", which on CPU is 2-18x faster than the reference
+"auto" picks, on CUDA, what the committed GPU results (benchmarks/results/nvidia-h200.md) show fastest: "persistent"
+for the LSTM at batch 1, hidden 512 on Hopper; "torch" (cuDNN) for the other LSTMs without proj_size; "triton" for
+the cells not yet measured on a GPU (GRU, Elman RNN, projected LSTM; the reference where Triton cannot run).
+cuDNN's backward, as torch.nn's, cannot itself be differentiated: for double backward on CUDA pass a fused backend.
+On CPU "auto" picks "cpu" for the shapes where the committed measurements (benchmarks/results/cpu_native/cpu.md,
+cpu_inference.md) show it faster than torch.nn, else "torch", which on CPU is 2-18x faster than the reference
 (benchmarks/results/cpu.md) and keeps double backward and torch.compile. The layers beyond torch.nn (IndRNN, LayerNorm
 LSTM/GRU, the multi-head cells) choose among their own backends (their functional modules' chosen_backend).
 
@@ -125,6 +128,36 @@ NATIVE_CPU_FASTEST_BATCH = {
 NATIVE_CPU_LSTM_INFERENCE_MIN_HIDDEN = 512
 
 
+# "auto" on CUDA follows the committed GPU results (benchmarks/results/nvidia-h200.md: H200, torch 2.11.0+cu130 with
+# cuDNN 9.19, triton 3.6.0), where the GPU tests passed for every backend. (cell, batch, hidden) where "persistent"
+# took 0.22-0.47x torch.nn's time in every dtype and mode (B=1 T=1024 H=512); at B=16 H=768 it took 0.98-1.32x and at
+# B=64-256 5-18x. Measured on Hopper (compute capability 9.0) only.
+CUDA_PERSISTENT_MEASURED_FASTER = {("lstm", 1, 512)}
+CUDA_PERSISTENT_MEASURED_CAPABILITY = (9, 0)
+# Cells for which torch.nn's cuDNN kernels ("torch") ran faster than "triton" (3-20x), "cuda" (0.95-13x) and
+# "persistent" (outside the shapes above) in every committed GPU case (8 LSTM configs without proj_size, fp32, bf16,
+# fp16, forward and training). The GRU, the Elman RNN and the projected LSTM have no GPU figures yet: "auto" keeps
+# "triton" for them.
+CUDA_TORCH_MEASURED_FASTER = {"lstm"}
+
+
+def _cuda_auto(device: torch.device, dtype: torch.dtype, workload: Workload | None, triton_reason: str | None) -> str:
+    """What "auto" runs on CUDA: "persistent" or "torch" where the committed GPU results show it the fastest, else
+    "triton" (the reference where Triton cannot run)."""
+    if workload is not None and not workload.projected:
+        shape = (workload.cell, workload.batch, workload.hidden)
+        if (
+            shape in CUDA_PERSISTENT_MEASURED_FASTER
+            and _native_cuda_unavailable(device, dtype) is None
+            and _persistent_unavailable(device, dtype, workload) is None
+            and torch.cuda.get_device_capability(device) == CUDA_PERSISTENT_MEASURED_CAPABILITY
+        ):
+            return "persistent"
+        if workload.cell in CUDA_TORCH_MEASURED_FASTER:
+            return "torch"
+    return "triton" if triton_reason is None else "reference"
+
+
 def native_cpu_is_faster(workload: Workload) -> bool:
     """Whether "cpu" beat torch.nn's CPU kernels at this shape in the committed measurements
     (benchmarks/results/cpu_native/cpu.md, cpu_inference.md): "auto" picks it only there. rnn_relu is rnn_tanh's
@@ -140,7 +173,7 @@ def available_backends() -> dict[str, str]:
     cuda = torch.cuda.is_available()
     status = {
         "reference": "available: plain PyTorch ops on any device and dtype (the oracle; slow)",
-        "torch": "available: torch.nn's own kernels (oneDNN on CPU, cuDNN on GPU); what 'auto' runs on CPU",
+        "torch": "available: torch.nn's own kernels (oneDNN on CPU, cuDNN on GPU); what 'auto' mostly runs",
     }
     reason = native_cpu_unavailable(torch.device("cpu"), torch.float32)
     if reason is None:
@@ -158,14 +191,13 @@ def available_backends() -> dict[str, str]:
     reason = _native_cuda_unavailable(None, torch.float32)
     if reason is None and not persistent.has_kernels():
         reason = "the compiled extension has no persistent kernels"
-    unverified = "unverified on a GPU, so 'auto' does not pick it"
     if reason is None:
         status["persistent"] = (
             f"available on CUDA ({torch.cuda.get_device_name()}) for LSTM/GRU layers whose weights fit on chip "
-            f"(fused_rnn.backends.persistent.plan); {unverified}"
+            "(fused_rnn.backends.persistent.plan); 'auto' picks it only where GPU results show it fastest"
         )
     else:
-        status["persistent"] = f"unavailable: {reason}; {unverified}"
+        status["persistent"] = f"unavailable: {reason}"
     reason = _triton_unavailable(torch.device("cuda" if cuda else "cpu"))
     if reason is not None:
         status["triton"] = f"unavailable: {reason}"
@@ -223,7 +255,7 @@ def resolve(
             raise ValueError(f"backend='triton' cannot run here: {reason}")
         return backend
     if device.type == "cuda":
-        return "triton" if reason is None else "reference"
+        return _cuda_auto(device, dtype, workload, reason)
     if workload is not None and native_cpu_is_faster(workload) and native_cpu_unavailable(device, dtype) is None:
         return "cpu"
     return "torch"
