@@ -271,13 +271,12 @@ def _summary_case(result: dict) -> tuple[str, str, str, str]:
 
 
 def readme_documents(directory: Path = RESULTS) -> list[dict]:
-    """The results files the README shows: every GPU one, or the CPU ones while there is no GPU one."""
+    """The results files the README shows: the GPU ones first, then the CPU ones."""
     documents = [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
     # Only benchmarks.run's results (with its settings and results); other benchmarks, such as
     # benchmarks.variants_cpu and benchmarks.cpu_inference, write their own tables beside their JSON.
     documents = [d for d in documents if "settings" in d and "results" in d]
-    on_gpu = [d for d in documents if d["environment"]["device"] == "cuda"]
-    return on_gpu or [d for d in documents if d["environment"]["device"] == "cpu"]
+    return sorted(documents, key=lambda d: d["environment"]["device"] != "cuda")
 
 
 def readme_tables(documents: list[dict]) -> str:

@@ -76,6 +76,13 @@ def test_auto_picks_persistent_only_where_it_was_measured_fastest(gpu_with_kerne
     assert auto(projected=True) == "triton"
 
 
+def test_auto_keeps_the_fused_kernels_when_deterministic_algorithms_are_asked_for(gpu_with_kernels, monkeypatch):
+    monkeypatch.setattr(backends, "_triton_cannot_run", lambda device, dtype, offsets_fit_32_bits: None)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert resolve("auto", CUDA, torch.float32, workload=workload(batch=16, hidden=768)) == "triton"
+    assert resolve("auto", CUDA, torch.float32, workload=workload(batch=1, hidden=512)) == "persistent"
+
+
 def test_auto_does_not_pick_persistent_on_a_gpu_it_was_not_measured_on(gpu_with_kernels, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert resolve("auto", CUDA, torch.float32, workload=workload(batch=1, hidden=512)) == "torch"

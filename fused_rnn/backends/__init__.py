@@ -12,7 +12,8 @@
   model says the weights fit the GPU's shared memory.
 
 "auto" picks, on CUDA, what the committed GPU results (benchmarks/results/nvidia-h200.md) show fastest: "persistent"
-for the LSTM at batch 1, hidden 512 on Hopper; "torch" (cuDNN) for the other LSTMs without proj_size; "triton" for
+for the LSTM at batch 1, hidden 512 on Hopper; "torch" (cuDNN) for the other LSTMs without proj_size, unless
+torch.use_deterministic_algorithms(True) is on (cuDNN's RNN is not reproducible everywhere); "triton" for
 the cells not yet measured on a GPU (GRU, Elman RNN, projected LSTM; the reference where Triton cannot run).
 cuDNN's backward, as torch.nn's, cannot itself be differentiated: for double backward on CUDA pass a fused backend.
 On CPU "auto" picks "cpu" for the shapes where the committed measurements (benchmarks/results/cpu_native/cpu.md,
@@ -153,7 +154,9 @@ def _cuda_auto(device: torch.device, dtype: torch.dtype, workload: Workload | No
             and torch.cuda.get_device_capability(device) == CUDA_PERSISTENT_MEASURED_CAPABILITY
         ):
             return "persistent"
-        if workload.cell in CUDA_TORCH_MEASURED_FASTER:
+        # cuDNN's RNN is not bit-reproducible on every cuDNN and CUDA version (torch.nn.LSTM's documentation); the
+        # fused backends use no atomics, so a call that asks for deterministic algorithms keeps them.
+        if workload.cell in CUDA_TORCH_MEASURED_FASTER and not torch.are_deterministic_algorithms_enabled():
             return "torch"
     return "triton" if triton_reason is None else "reference"
 
