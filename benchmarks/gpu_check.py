@@ -254,7 +254,8 @@ def install(outdir: Path, dry_run: bool, time_limit_s: float) -> Outcome:
 
 def run_tests(outdir: Path, dry_run: bool, time_limit_s: float) -> Outcome:
     log = outdir / "tests.log"
-    pytest = [sys.executable, "-m", "pytest", "-q", "-rfEs", "--durations=15", "-p", "no:cacheprovider"]
+    # -v: one line per test as it ends, so a batch killed at the time limit still shows what passed and failed
+    pytest = [sys.executable, "-m", "pytest", "-v", "-rfEs", "--durations=15", "-p", "no:cacheprovider"]
     deadline = time.monotonic() + time_limit_s
     results = []
     for index, selection in enumerate([DRY_RUN_TESTS] if dry_run else GPU_TEST_BATCHES):
@@ -475,6 +476,7 @@ def run_benchmarks(outdir: Path, dry_run: bool, seconds: float) -> int:
     cases = [
         (config, cell, dtype) for cell in cells for config in configs if cell in config.cells for dtype in run.DTYPES
     ]
+    cases = unmeasured_first(cases, committed_cases(report.RESULTS, report.device_slug(device)))
     results, not_started, contenders = [], [], {TORCH: None}
     for index, case in enumerate(cases):
         # Only the backends that serve this shape and dtype on this device: the others would only record refusals.
@@ -506,6 +508,20 @@ def run_benchmarks(outdir: Path, dry_run: bool, seconds: float) -> int:
         f"{environment['device_name']}; wrote {', '.join(path.name for path in paths)}"
     )
     return 1 if failed or not results else 0
+
+
+def committed_cases(directory: Path, slug: str) -> set[tuple[str, str, str]]:
+    """(config, cell, dtype) of every case in the committed results of this device (`slug`*.json in `directory`)."""
+    cases = set()
+    for path in directory.glob(f"{slug}*.json"):
+        cases |= {(r["config"], r["cell"], r["dtype"]) for r in json.loads(path.read_text()).get("results", [])}
+    return cases
+
+
+def unmeasured_first(cases: list, committed: set[tuple[str, str, str]]) -> list:
+    """`cases` with those not in the committed results first, each group in its order: a run that cannot time every
+    case adds figures instead of repeating them."""
+    return sorted(cases, key=lambda case: (case[0].name, case[1], case[2]) in committed)
 
 
 def _runs_on(backend: str, device, dtype, workload=None) -> bool:

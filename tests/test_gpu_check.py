@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from benchmarks import gpu_check
+from benchmarks.configs import Config
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -39,3 +40,16 @@ def test_a_part_past_its_time_limit_is_killed_with_its_children(tmp_path):
     status = gpu_check.run_logged(["bash", "-c", "sleep 30 & wait"], log, 0.5, dict(os.environ))
     assert status is None and time.monotonic() - start < 10
     assert "killed after the part's time limit" in log.read_text()
+
+
+def test_cases_not_in_the_committed_results_come_first(tmp_path):
+    configs = {name: Config(name, batch=1, steps=2, input_size=3, hidden_size=4) for name in ("a", "b")}
+    cases = [(configs[name], cell, "fp32") for name in ("a", "b") for cell in ("lstm", "gru")]
+    measured = [{"config": "a", "cell": "lstm", "dtype": "fp32"}, {"config": "b", "cell": "lstm", "dtype": "fp32"}]
+    (tmp_path / "nvidia-h200.json").write_text(json.dumps({"results": measured}))
+    other_gpu = [{"config": "a", "cell": "gru", "dtype": "fp32"}]
+    (tmp_path / "nvidia-h100.json").write_text(json.dumps({"results": other_gpu}))
+    committed = gpu_check.committed_cases(tmp_path, "nvidia-h200")
+    assert committed == {("a", "lstm", "fp32"), ("b", "lstm", "fp32")}
+    ordered = [(config.name, cell) for config, cell, _ in gpu_check.unmeasured_first(cases, committed)]
+    assert ordered == [("a", "gru"), ("b", "gru"), ("a", "lstm"), ("b", "lstm")]
