@@ -271,6 +271,7 @@ std::tuple<Tensor, Tensor> run_backward_cpu(const SequenceShape& shape, const Ba
         const auto pointer = [](const Tensor& t) { return t.defined() && t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
         BackwardBuffers<scalar_t> buffers{};
         buffers.grad_output = pointer(tensors.grad_output);
+        buffers.grad_output_row_stride = tensors.grad_output.size(0) == 1 ? 0 : shape.hidden_out;
         buffers.grad_h = pointer(grad_h);
         buffers.grad_c = pointer(grad_c);
         buffers.h0 = pointer(h0);
@@ -361,7 +362,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     const int64_t G = shape.gates;
     const bool lstm = shape.cell == CellKind::lstm, gru = shape.cell == CellKind::gru;
     TORCH_CHECK(needs_grad.size() == 8, "needs_grad must have 8 entries");
-    check_tensor("grad_output", grad_output, input, {N, H_out});
+    // The CPU loop also takes one row for all when every row's gradient is the same (an expanded gradient), which
+    // then need not be materialized.
+    const bool step_loop = StepLoop || input.is_cuda();
+    check_tensor("grad_output", grad_output, input, {step_loop || grad_output.size(0) != 1 ? N : 1, H_out});
     check_tensor("grad_h_n", grad_h_n, input, {B, H_out});
     check_tensor("output", output, input, {N, H_out});
     check_tensor("saved", saved, input, {shape.saved_width ? N : 0, shape.saved_width * H}, math_dtype(input));
@@ -386,7 +390,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> seque
     if (weight_hr) tensors.weight_hr = *weight_hr;
     // The step loop's W_hh gradient reads it, and its GRU kernel; the CPU loop finds h in place, and its W_hh gradient
     // gets it transposed after the loop (previous_hidden_transposed).
-    const bool step_loop = StepLoop || input.is_cuda();
     if (step_loop && (needs_grad.get(4) || gru)) tensors.previous_hidden = previous_hidden(shape, output, h0);
     tensors.grad_input_gates = at::empty({N, G * H}, options);
     // Only the GRU's gradients of the input and hidden projections differ (n = tanh(x_n + r * h_n)); the CPU loop

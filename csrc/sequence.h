@@ -77,7 +77,8 @@ struct ForwardBuffers {
 
 template <typename scalar_t>
 struct BackwardBuffers {
-    const scalar_t* grad_output;  // [N, H_out]
+    const scalar_t* grad_output;  // [N, H_out], or [1, H_out] when every row's gradient is that one
+    int64_t grad_output_row_stride;  // H_out, or 0 for the one row (an expanded gradient, such as output.sum()'s)
     scalar_t* grad_h;             // [B, H_out] gradient of h_n on entry, of h0 on exit
     scalar_t* grad_c;             // [B, H] LSTM: gradient of c_n on entry, of c0 on exit; null otherwise
     const scalar_t* h0;           // [B, H_out]

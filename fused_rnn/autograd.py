@@ -148,7 +148,9 @@ def _run_backward(
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
-    """Gradients of input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; absent ones empty."""
+    """Gradients of input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; absent ones empty.
+
+    grad_output: (N, H_out), or for backend "cpu" (1, H_out), the gradient of every row."""
     zoneout_argument = {} if zoneout is None else {"zoneout": zoneout}
     with _on_device_of(input):
         return _driver(backend).sequence_backward(
@@ -236,6 +238,10 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved, _grad_projectio
     if torch.is_grad_enabled():
         grads = _differentiable_backward(ctx, tensors, zoneout, needs_grad, grad_output, grad_h_n, grad_c_n)
     else:
+        if ctx.backend == "cpu" and grad_output.stride(0) == 0:
+            # Every row's gradient is the same (an expanded one, e.g. output.sum()'s): the CPU loop reads one row for
+            # all rather than an [N, H] copy.
+            grad_output = grad_output[:1]
         grads = _BACKWARD(
             grad_output,
             ctx.cell,

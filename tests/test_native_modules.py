@@ -57,6 +57,24 @@ def test_two_layer_bidirectional_matches_torch_nn(ours_class, torch_class, extra
     assert_same_results(ours, theirs, x, dtype)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("ours_class, torch_class, extra", LAYERS)
+def test_the_expanded_gradient_of_a_sum_matches_torch_nn(ours_class, torch_class, extra, packed):
+    """loss = output.sum() hands the last layer's kernels an expanded gradient (stride 0), which the CPU loop reads
+    as one row for every row instead of a materialized copy."""
+    dtype = torch.float64
+    arguments = {"input_size": 5, "hidden_size": 9, "num_layers": 2, "bidirectional": True, **extra}
+    ours, theirs = twins(ours_class, torch_class, dtype, **arguments)
+    x = torch.randn(6, 4, 5, dtype=dtype, requires_grad=True)
+    gradients = []
+    for module in (theirs, ours):
+        output, _ = module(pack_padded_sequence(x, [6, 5, 3, 1]) if packed else x)
+        gradients.append(torch.autograd.grad((output.data if packed else output).sum(), [x, *module.parameters()]))
+    names = ["input", *(name for name, _ in ours.named_parameters())]
+    for name, expected, actual in zip(names, *gradients, strict=True):
+        assert_close(f"grad {name}", expected, actual, *TOLERANCE[dtype])
+
+
 @pytest.mark.parametrize("ours_class, torch_class, extra", LAYERS)
 def test_packed_batch_first_matches_torch_nn(ours_class, torch_class, extra):
     ours, theirs = twins(

@@ -373,7 +373,7 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                     for (int64_t b = 0; b < step.active; ++b) {
                         const int64_t row = step.offset + b;
                         T* dh = buf.grad_h + b * H_out + p0;
-                        const Vec d = Vec::loadu(dh, count) + Vec::loadu(buf.grad_output + row * H_out + p0, count);
+                        const Vec d = Vec::loadu(dh, count) + Vec::loadu(buf.grad_output + row * buf.grad_output_row_stride + p0, count);
                         if (buf.zoneout) {
                             // The zoned h's kept share goes straight to h and waits in dh for W_hh's part.
                             const auto z = zoneout_backward<Vec>(
@@ -454,7 +454,7 @@ void backward(const SequenceShape& shape, const BackwardBuffers<T>& buf) {
                 } else {
                     for (int64_t b = 0; b < step.active; ++b) {
                         cell(b, Vec::loadu(buf.grad_h + b * H_out + u0, count) +
-                                    Vec::loadu(buf.grad_output + (step.offset + b) * H_out + u0, count));
+                                    Vec::loadu(buf.grad_output + (step.offset + b) * buf.grad_output_row_stride + u0, count));
                     }
                 }
             }
