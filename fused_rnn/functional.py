@@ -262,7 +262,8 @@ def layers_on_torch_nn(
     weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights[0]
     hidden = weight_hh.shape[0] // spec.gates if weight_hh is not None else 0
     batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
-    grads = _needs_backward((input, h0, c0, *(w for layer in weights for w in layer)))
+    # Without grad mode (inference) nothing needs a backward: the weights need not be gathered to say so.
+    grads = torch.is_grad_enabled() and _needs_backward((input, h0, c0, *(w for layer in weights for w in layer)))
     if _chosen(backend, cell, input, batch, batch_sizes, hidden, weight_hr, grads, False) != "torch":
         return None
     features = input.shape[-1]  # what the next layer's weights must fit

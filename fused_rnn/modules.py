@@ -105,8 +105,11 @@ class _FusedRNNBase:
         )
         h0, c0 = states[0], states[1] if len(states) == 2 else None
 
-        with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
+        if cast is None:
             output, h_n, c_n = self._run_layers(x, h0, c0, layout.batch_sizes, cast)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                output, h_n, c_n = self._run_layers(x, h0, c0, layout.batch_sizes, cast)
 
         output, finals = layout.output(output, [h_n] if c_n is None else [h_n, c_n])
         return output, tuple(finals) if c_n is not None else finals[0]

@@ -252,13 +252,13 @@ def resolve(
         if reason is not None:
             raise ValueError(f"backend='persistent' cannot run here: {reason}")
         return backend
-    reason = _triton_cannot_run(device, dtype, offsets_fit_32_bits)
     if backend == "triton":
+        reason = _triton_cannot_run(device, dtype, offsets_fit_32_bits)
         if reason is not None:
             raise ValueError(f"backend='triton' cannot run here: {reason}")
         return backend
     if device.type == "cuda":
-        return _cuda_auto(device, dtype, workload, reason)
+        return _cuda_auto(device, dtype, workload, _triton_cannot_run(device, dtype, offsets_fit_32_bits))
     if workload is not None and native_cpu_is_faster(workload) and native_cpu_unavailable(device, dtype) is None:
         return "cpu"
     return "torch"
