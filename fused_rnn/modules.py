@@ -71,6 +71,10 @@ def _repr_options(module) -> str:
     return options
 
 
+# The module attribute in which functional.layers_on_torch_nn remembers its verdicts between calls.
+_VERDICTS = "_torch_nn_verdicts"
+
+
 class _FusedRNNBase:
     """forward() for the multi-layer modules; mixed into subclasses of torch.nn.RNNBase."""
 
@@ -81,6 +85,12 @@ class _FusedRNNBase:
 
     def extra_repr(self) -> str:
         return super().extra_repr() + _repr_options(self)
+
+    def __getstate__(self):
+        # The verdicts name the weights' storage by address, which a copy or another process does not share.
+        state = super().__getstate__()
+        state.pop(_VERDICTS, None)
+        return state
 
     def _layer_weights(self, layer: int, reverse: bool):
         suffix = f"_l{layer}{'_reverse' if reverse else ''}"
@@ -136,6 +146,7 @@ class _FusedRNNBase:
             self.training,
             self.dropout,
             self.bidirectional,
+            self.__dict__.setdefault(_VERDICTS, {}),
         )
         if on_torch_nn is not None:
             return on_torch_nn

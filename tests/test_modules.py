@@ -562,3 +562,24 @@ def test_parametrized_weights_are_used(backend):
         ("c_n", expected_c, c_n),
     ]:
         assert_close(name, expected, got, ATOL, RTOL)
+
+
+def test_the_torch_nn_route_checks_weights_again_when_their_storage_changes():
+    """A module on "auto" remembers its verdict (torch.nn's op, weights fit) per input shape and weight storage; new
+    storage, from .to() or .data =, is checked again, and copies do not carry the verdicts."""
+    layer = fused_rnn.LSTM(3, 5)
+    x = torch.randn(4, 2, 3)
+    layer(x)
+    layer(x)
+    assert len(layer.__dict__["_torch_nn_verdicts"]) == 1
+    layer.double()
+    with pytest.raises(TypeError, match="weight_ih has dtype torch.float64 but input has torch.float32"):
+        layer(x)
+    reference = nn.LSTM(3, 5).double()
+    reference.load_state_dict(layer.state_dict())
+    assert_close("output", reference(x.double())[0], layer(x.double())[0], *TOLERANCE[torch.float64])
+    layer.bias_hh_l0.data = torch.zeros(5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="bias_hh must be \\(20,\\), got shape \\(5,\\)"):
+        layer(x.double())
+    assert "_torch_nn_verdicts" not in copy.deepcopy(layer).__dict__
+    assert "_torch_nn_verdicts" not in layer.__getstate__()
