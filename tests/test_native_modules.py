@@ -153,3 +153,14 @@ def _output_and_gradients(module, input):
     output, _ = module(input)
     weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     return [output, *torch.autograd.grad((output * weights.to(output.dtype)).sum(), [input, *module.parameters()])]
+
+
+def test_a_build_lock_left_behind_is_named(tmp_path, monkeypatch):
+    """torch waits forever on the lock file of a killed first-use build; the loader names the file before waiting."""
+    from fused_rnn.backends import native
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert native.held_build_lock("fused_rnn_lock_test") is None
+    lock = next(tmp_path.rglob("fused_rnn_lock_test")) / "lock"
+    lock.touch()
+    assert native.held_build_lock("fused_rnn_lock_test") == lock

@@ -64,6 +64,18 @@ def cuda_unbuildable() -> str | None:
     return None
 
 
+def held_build_lock(name: str) -> Path | None:
+    """The lock file of torch.utils.cpp_extension's build of `name` when one exists (a build is under way or was
+    killed), else None."""
+    from torch.utils import cpp_extension
+
+    try:
+        lock = Path(cpp_extension._get_build_directory(name, verbose=False)) / "lock"
+    except (AttributeError, TypeError):  # a private function: another torch may lack it
+        return None
+    return lock if lock.exists() else None
+
+
 def cxx_flags(with_cuda: bool) -> list[str]:
     """Compiler flags of the C++ sources: optimised, OpenMP (the CPU kernel's one parallel region, on the same
     libgomp torch loads), and on x86-64 AVX2 + FMA so at::vec::Vectorized uses 8-wide float vectors and SLEEF (and
@@ -178,8 +190,16 @@ def _load() -> str | None:
             "(compiled on first use, then cached by torch.utils.cpp_extension)",
             file=sys.stderr,
         )
+        name = JIT_NAME + ("_cuda" if with_cuda else "")
+        lock = held_build_lock(name)
+        if lock is not None:
+            print(
+                f"fused_rnn: waiting for {lock}: another process is building the kernels, or a build that was killed "
+                "left it behind (then delete it; torch waits for it forever)",
+                file=sys.stderr,
+            )
         _module = load(
-            name=JIT_NAME + ("_cuda" if with_cuda else ""),
+            name=name,
             sources=[str(CSRC / source) for source in sources],
             extra_cflags=cxx_flags(with_cuda),
             extra_cuda_cflags=nvcc_flags(),
