@@ -264,6 +264,22 @@ def resolve(
     return "torch"
 
 
+def resolve_variant(backend: str, device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool = True) -> str:
+    """resolve() for the layers beyond torch.nn (IndRNN, LayerNorm LSTM/GRU, the multi-head cells), given a backend
+    name their own checked_backend accepted: a named one as resolve() says (ValueError naming what is missing);
+    "auto" on CUDA Triton (the reference where it cannot run; "cuda" waits for GPU measurements of these layers), on
+    CPU their compiled kernels ("cpu", float32/float64: the fastest measured, benchmarks/results/variants_cpu.md,
+    layernorm_cpu.md, slstm_cpu.md), else their loop of torch ops ("torch"), never the interpreter; elsewhere the
+    reference."""
+    if backend != "auto":
+        return resolve(backend, device, dtype, offsets_fit_32_bits)
+    if device.type == "cuda":
+        return "triton" if _triton_cannot_run(device, dtype, offsets_fit_32_bits) is None else "reference"
+    if device.type == "cpu":
+        return "cpu" if native_cpu_unavailable(device, dtype) is None else "torch"
+    return "reference"
+
+
 def _triton_cannot_run(device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool) -> str | None:
     """Why the Triton kernels cannot run a call on `device`/`dtype`, or None when they can."""
     reason = _triton_unavailable(device)

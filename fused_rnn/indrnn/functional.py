@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fused_rnn.backends import native_cpu_unavailable, resolve
+from fused_rnn.backends import resolve_variant
 from fused_rnn.functional import checked_state
 from fused_rnn.indrnn import autograd, reference
 from fused_rnn.indrnn.reference import NONLINEARITIES
@@ -33,28 +33,7 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, state
 
     state_elements: batch x hidden, which the Triton kernel indexes with 32-bit offsets within a step.
     """
-    fits = state_elements < 2**31
-    if checked_backend(backend) == "triton":
-        return resolve("triton", device, dtype, fits)  # raises, naming what is missing, when Triton cannot run here
-    if backend == "cuda":
-        return resolve("cuda", device, dtype)  # raises, naming what is missing, when the CUDA kernels cannot run here
-    if backend == "cpu":
-        reason = native_cpu_unavailable(device, dtype)
-        if reason is not None:
-            raise ValueError(f"backend='cpu' cannot run here: {reason}")
-        return backend
-    if backend != "auto":
-        return backend
-    if device.type == "cuda":  # "cuda" waits for GPU measurements of it
-        try:
-            return resolve("triton", device, dtype, fits)
-        except ValueError:  # e.g. triton not installed, an unsupported dtype, a batch too large
-            return "reference"
-    if device.type != "cpu":
-        return "reference"
-    # On CPU the compiled kernel ("cpu", float32/float64) was the fastest at every shape measured, and the loop of
-    # torch ops ("torch") the next (benchmarks/results/variants_cpu.md). The Triton interpreter is for tests.
-    return "cpu" if native_cpu_unavailable(device, dtype) is None else "torch"
+    return resolve_variant(checked_backend(backend), device, dtype, state_elements < 2**31)
 
 
 def indrnn(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fused_rnn.backends import native_cpu_unavailable, resolve
+from fused_rnn.backends import resolve_variant
 from fused_rnn.functional import checked_state
 from fused_rnn.indrnn.functional import _checked_layout as checked_layout
 from fused_rnn.multihead import autograd, reference, sequence
@@ -43,23 +43,7 @@ def chosen_backend(backend: str, device: torch.device, dtype: torch.dtype, block
 
     block_elements: the largest [batch, width] block of one step, which the Triton kernels index with 32-bit offsets.
     """
-    fits = block_elements < 2**31
-    if checked_backend(backend) in ("triton", "cuda"):
-        return resolve(backend, device, dtype, fits)  # raises, naming what is missing, when it cannot run here
-    if backend == "cpu":
-        reason = native_cpu_unavailable(device, dtype)
-        if reason is not None:
-            raise ValueError(f"backend='cpu' cannot run here: {reason}")
-    if backend != "auto":
-        return backend
-    if device.type == "cuda":
-        try:
-            return resolve("triton", device, dtype, fits)
-        except ValueError:  # e.g. triton not installed, a batch too large
-            return "reference"
-    if device.type == "cpu":
-        return "cpu" if native_cpu_unavailable(device, dtype) is None else "torch"
-    return "reference"
+    return resolve_variant(checked_backend(backend), device, dtype, block_elements < 2**31)
 
 
 def run(
