@@ -265,8 +265,9 @@ def layers_on_torch_nn(
     batch_sizes = _batch_sizes(batch_sizes, input)
     batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
     # Without grad mode (inference) nothing needs a backward: the weights need not be gathered to say so.
-    grads = torch.is_grad_enabled() and _needs_backward((input, h0, c0, *(w for layer in weights for w in layer)))
-    key = _verdict_key(backend, input, batch, batch_sizes, grads, weights) if verdicts is not None else None
+    flat = [w for layer in weights for w in layer if w is not None]
+    grads = torch.is_grad_enabled() and _needs_backward((input, h0, c0, *flat))
+    key = _verdict_key(backend, input, batch, batch_sizes is None, grads, flat) if verdicts is not None else None
     on_torch_nn = verdicts.get(key) if key is not None else None
     if on_torch_nn is None:
         on_torch_nn = _on_torch_nn(spec, backend, input, batch, batch_sizes, grads, weights, bidirectional)
@@ -276,20 +277,41 @@ def layers_on_torch_nn(
             verdicts[key] = on_torch_nn
     if not on_torch_nn:
         return None
+    num_layers = len(weights) // (2 if bidirectional else 1)
+    has_biases = weights[0][2] is not None
     return torch_rnn.layers(
-        cell, input, h0, c0, weights, batch_sizes, dropout if training else 0.0, training or grads, bidirectional
+        cell,
+        input,
+        h0,
+        c0,
+        flat,
+        has_biases,
+        num_layers,
+        batch_sizes,
+        dropout if training else 0.0,
+        training or grads,
+        bidirectional,
+        batch_first=False,
     )
+
+
+def remembered_on_torch_nn(verdicts, backend, input, batch, grads, weights) -> bool:
+    """Whether `verdicts` (a module's, as given to layers_on_torch_nn) say that a padded call with this input and these
+    weights (in torch.nn's `_flat_weights` order) runs on torch.nn's op, its weights checked: False when they do not
+    know. `input` may be batch-first: only its device, dtype and feature size count."""
+    key = _verdict_key(backend, input, batch, True, grads, weights)
+    return key is not None and verdicts.get(key) is True
 
 
 _MAX_VERDICTS = 16
 
 
-def _verdict_key(backend, input, batch, batch_sizes, grads, weights) -> tuple | None:
+def _verdict_key(backend, input, batch, padded, grads, weights) -> tuple | None:
     """What layers_on_torch_nn's verdict depends on, or None where the weights' storage cannot be read (tracing)."""
     if torch.compiler.is_compiling():
         return None
     try:
-        storage = tuple(w.data_ptr() for layer in weights for w in layer if w is not None)
+        storage = tuple(w.data_ptr() for w in weights)
     except RuntimeError:  # fake or other storage-less tensors
         return None
     return (
@@ -298,7 +320,7 @@ def _verdict_key(backend, input, batch, batch_sizes, grads, weights) -> tuple | 
         input.dtype,
         input.shape[-1],
         batch,
-        batch_sizes is None,
+        padded,
         grads,
         torch.are_deterministic_algorithms_enabled(),
         storage,

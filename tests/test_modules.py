@@ -195,6 +195,73 @@ def test_pinned_parity_with_torch_nn(index, backend):
     assert_parity(torch_module, fused_module, config, index)
 
 
+def _general_path_refused(*args, **kwargs):
+    raise AssertionError("the call went through the general path, not the remembered torch.nn route")
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("seed", range(16))
+def test_a_call_the_module_ran_on_torch_nn_before_goes_straight_to_it_and_still_matches(seed, backend, monkeypatch):
+    """A module that ran a padded batched call on torch.nn's op runs the next such call (same shape and weights)
+    straight on it, without the general input handling: outputs and every gradient still equal torch.nn's over random
+    configurations (batch_first, bidirectional, layers, bias, proj_size, a given hx or none)."""
+    config = {**random_config(seed), "form": "padded"}
+    torch.manual_seed(seed)
+    torch_module = make_torch_module(config)
+    fused_module = fused_rnn.from_torch(torch_module, backend=backend)
+    assert_parity(torch_module, fused_module, config, seed)
+    remembered = any(fused_module.__dict__["_torch_nn_verdicts"].values())
+    assert remembered or (backend == "auto" and config["cell"] != "lstm"), config  # "auto" runs "cpu" for GRU/RNN
+    if remembered:
+        monkeypatch.setattr(fused_rnn.modules, "layer_input", _general_path_refused)
+    assert_parity(torch_module, fused_module, config, seed + 100)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_remembered_torch_nn_route_keeps_inference_dropout_and_the_checks(cell, monkeypatch):
+    """On the remembered route: inference (no_grad, eval) equals torch.nn's; dropout between layers draws torch.nn's
+    masks in training and none in eval; a wrong hx still raises its named error."""
+    torch_module = TORCH_MODULES[cell](3, 6, num_layers=2, dropout=0.5, batch_first=True, dtype=torch.float64)
+    fused = fused_rnn.from_torch(torch_module, backend="torch")
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    for training in (True, False):
+        fused.train(training)
+        torch_module.train(training)
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                fused(x)
+                with monkeypatch.context() as patch:
+                    patch.setattr(fused_rnn.modules, "layer_input", _general_path_refused)
+                    torch.manual_seed(3)
+                    ours = fused(x)[0]
+                torch.manual_seed(3)
+                expected = torch_module(x)[0]
+            assert_close(f"output, training={training}, grad={grad}", expected, ours, ATOL, RTOL)
+            assert ours.requires_grad == grad
+    monkeypatch.setattr(fused_rnn.modules, "layer_input", _general_path_refused)
+    bad_h0 = torch.zeros(2, 3, 6, dtype=torch.float64)
+    hx = (bad_h0, bad_h0) if cell == "lstm" else bad_h0
+    name = "h_0" if cell == "lstm" else "hx"
+    with pytest.raises(ValueError, match=f"Expected {name} size \\(2, 2, 6\\), got \\(2, 3, 6\\)"):
+        fused(x, hx)
+
+
+def test_the_remembered_torch_nn_route_differentiates_a_state_alone(monkeypatch):
+    """Frozen weights and an input without grad, in eval mode: an hx that requires grad alone makes the call a
+    training one (cuDNN's backward needs its forward in training mode); the remembered route sees it, and h_0's and
+    c_0's gradients equal torch.nn's."""
+    torch_module = nn.LSTM(3, 5, num_layers=2, dtype=torch.float64).eval().requires_grad_(False)
+    fused = fused_rnn.from_torch(torch_module, backend="torch")
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    hx = [torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    fused(x, hx)
+    monkeypatch.setattr(fused_rnn.modules, "layer_input", _general_path_refused)
+    ours = torch.autograd.grad(fused(x, hx)[0].sum(), hx)
+    expected = torch.autograd.grad(torch_module(x, hx)[0].sum(), hx)
+    for name, e, o in zip(["h_0", "c_0"], expected, ours, strict=True):
+        assert_close(f"grad {name}", e, o, ATOL, RTOL)
+
+
 def test_randomized_configs_cover_every_feature():
     """The seeds above are not all alike: each option and input form appears."""
     configs = [random_config(seed) for seed in range(16)]

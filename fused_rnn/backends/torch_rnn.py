@@ -35,15 +35,24 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     return output, h_n, c_n
 
 
-def layers(cell, input, h0, c0, weights, batch_sizes, dropout, train, bidirectional):
-    """All layers and directions in one call, as torch.nn's layers make it; arguments as
-    fused_rnn.functional.layers_on_torch_nn's. `train`: run in training mode (dropout; cuDNN's backward needs it)."""
-    flat = [w for layer in weights for w in layer if w is not None]
-    num_layers = len(weights) // (2 if bidirectional else 1)
+def layers(
+    cell, input, h0, c0, weights, has_biases, num_layers, batch_sizes, dropout, train, bidirectional, batch_first
+):
+    """All layers and directions in one call, as torch.nn's layers make it.
+
+    Args:
+        input: (T, B, I), (B, T, I) when batch_first, or packed rows (N, I) with batch_sizes.
+        h0, c0: (layers * directions, B, ·); c0 None but for the LSTM.
+        weights: every layer's and direction's weights in torch.nn's `_flat_weights` order (no None entries).
+        train: run in training mode (dropout; cuDNN's backward needs it).
+
+    Returns:
+        (output, h_n, c_n or None) shaped as torch.nn's.
+    """
     state = (h0, c0) if c0 is not None else h0
-    common = (flat, weights[0][2] is not None, num_layers, dropout, train, bidirectional)
+    common = (weights, has_biases, num_layers, dropout, train, bidirectional)
     if batch_sizes is None:
-        output, *final = _OPS[cell](input, state, *common, False)
+        output, *final = _OPS[cell](input, state, *common, batch_first)
     else:
         sizes = torch.tensor(batch_sizes, dtype=torch.int64)
         output, *final = _OPS[cell](input, sizes, state, *common)
