@@ -91,9 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         nargs="+",
-        choices=list(fused_rnn.available_backends()),
-        help="fused_rnn backends (default: every one that runs on the device, except triton on CPU, where it "
-        "runs in the Triton interpreter, orders of magnitude slower)",
+        choices=["auto", *fused_rnn.available_backends()],
+        help="fused_rnn backends (default: 'auto', what a user gets, and every one that runs on the device, except "
+        "triton on CPU, where it runs in the Triton interpreter, orders of magnitude slower)",
     )
     parser.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES), help="default: both")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: %(default)s")
@@ -149,7 +149,7 @@ def _select_backends(requested: list[str] | None, device: torch.device) -> list[
         for backend in requested:
             resolve(backend, device, torch.float32)
         return requested
-    selected = []
+    selected = ["auto"]
     for backend in fused_rnn.available_backends():
         if backend == "triton" and device.type == "cpu":
             continue

@@ -296,9 +296,10 @@ def layers_on_torch_nn(
 
 
 def remembered_on_torch_nn(verdicts, backend, input, batch, grads, weights) -> bool:
-    """Whether `verdicts` (a module's, as given to layers_on_torch_nn) say that a padded call with this input and these
-    weights (in torch.nn's `_flat_weights` order) runs on torch.nn's op, its weights checked: False when they do not
-    know. `input` may be batch-first: only its device, dtype and feature size count."""
+    """Whether `verdicts` (a module's, as given to layers_on_torch_nn or step_on_torch_nn) say that a padded call with
+    this input and these weights (in torch.nn's `_flat_weights` order, or a cell's weight_ih, weight_hh and biases)
+    runs on torch.nn's op, its weights checked: False when they do not know. Not for traced calls. `input` may be
+    batch-first: only its device, dtype and feature size count."""
     key = _verdict_key(backend, input, batch, True, grads, weights)
     return key is not None and verdicts.get(key) is True
 
@@ -307,11 +308,12 @@ _MAX_VERDICTS = 16
 
 
 def _verdict_key(backend, input, batch, padded, grads, weights) -> tuple | None:
-    """What layers_on_torch_nn's verdict depends on, or None where the weights' storage cannot be read (tracing)."""
+    """What a torch.nn-route verdict depends on, or None where it cannot be remembered: while tracing, or where the
+    weights' storage cannot be read."""
     if torch.compiler.is_compiling():
         return None
     try:
-        storage = tuple(w.data_ptr() for w in weights)
+        storage = tuple([w.data_ptr() for w in weights])
     except RuntimeError:  # fake or other storage-less tensors
         return None
     return (
@@ -345,13 +347,52 @@ def _needs_backward(tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _chosen(backend, cell, input, batch, batch_sizes, hidden, weight_hr, needs_backward, zoned) -> str:
+def _chosen(
+    backend, cell, input, batch, batch_sizes, hidden, weight_hr, needs_backward, zoned, single_step=False
+) -> str:
     """The backend `resolve` picks for one direction of a layer of this shape (the same for every layer)."""
     spec = CELLS[cell]
     # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
     offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
-    workload = Workload(cell, batch, batch_sizes is not None, needs_backward, hidden, weight_hr is not None, zoned)
+    workload = Workload(
+        cell, batch, batch_sizes is not None, needs_backward, hidden, weight_hr is not None, zoned, single_step
+    )
     return resolve(backend, input.device, input.dtype, offsets_fit, workload)
+
+
+def step_on_torch_nn(
+    cell, input, h, c, weights, backend, zoneout, verdicts=None
+) -> tuple[Tensor, Tensor | None] | None:
+    """A cell module's step on torch.nn's own cell op (torch.lstm_cell, torch.gru_cell, ...: what torch.nn's cells
+    run) when `backend` resolves to "torch" for it: (h', c' or None); None when it does not (the caller runs the
+    step as a sequence of one).
+
+    Args:
+        input: (B, I). h, c: (B, ·), checked, or None for zeros (c None but for the LSTM).
+        weights: (weight_ih, weight_hh, bias_ih, bias_hh), biases None when absent.
+        verdicts: as layers_on_torch_nn's (a cell module's own dict).
+    """
+    if backend not in ("auto", "torch") or (zoneout and any(checked_zoneout(zoneout, cell))):
+        return None
+    spec = CELLS[cell]
+    flat = [w for w in weights if w is not None]
+    grads = torch.is_grad_enabled() and _needs_backward((input, h, c, *flat))
+    batch = input.shape[0]
+    key = _verdict_key(backend, input, batch, True, grads, flat) if verdicts is not None else None
+    on_torch_nn = verdicts.get(key) if key is not None else None
+    if on_torch_nn is None:
+        _check_weights(spec, input, *weights, None)
+        hidden = weights[1].shape[0] // spec.gates
+        on_torch_nn = (
+            _chosen(backend, cell, input, batch, None, hidden, None, grads, False, single_step=True) == "torch"
+        )
+        if key is not None:
+            if len(verdicts) >= _MAX_VERDICTS:
+                verdicts.clear()
+            verdicts[key] = on_torch_nn
+    if not on_torch_nn:
+        return None
+    return torch_rnn.step(cell, input, h, c, *weights)
 
 
 def checked_zoneout(zoneout, cell: str) -> tuple[float, ...]:

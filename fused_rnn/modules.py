@@ -96,8 +96,8 @@ class _FusedRNNBase:
         suffix = f"_l{layer}{'_reverse' if reverse else ''}"
 
         def get(name):
-            # The parameter dict first: Module.__getattr__ is the slow way to it. What is not in it (a tensor that
-            # functional_call or a parametrization put in a parameter's place) is an attribute.
+            # The parameter dict first: Module.__getattr__ is the slow way to it. What is not in it (a parametrization's
+            # computed tensor) is an attribute.
             weight = self._parameters.get(name + suffix)
             return weight if weight is not None else getattr(self, name + suffix, None)
 
@@ -142,12 +142,13 @@ class _FusedRNNBase:
             or type(input) is not torch.Tensor
             or input.dim() != 3
             or self.zoneout
-            or _autocast_dtype(input.device.type) is not None
+            or torch._C._is_any_autocast_enabled()  # as torch.nn's RNNBase asks; the general path casts
         ):
             return None
         parameters = self._parameters
         weights = [parameters.get(name) for name in self._flat_weights_names]
-        # A weight that is not a parameter (functional_call's or a parametrization's tensor): the general path.
+        # A parametrized weight is computed by its attribute, not in _parameters: the general path. (functional_call
+        # puts its tensors in _parameters; their new storage misses the verdicts.)
         if any(weight is None for weight in weights):
             return None
         batch = input.shape[0] if self.batch_first else input.shape[1]
@@ -341,6 +342,9 @@ class _FusedCellBase:
         return super().extra_repr() + _repr_options(self)
 
     def forward(self, input, hx=None):
+        result = self._forward_remembered_on_torch_nn(input, hx)
+        if result is not None:
+            return result
         x, unbatched = cell_input(type(self).__name__, input, self.input_size)
         has_c = self._cell() == "lstm"
         cast = _autocast_dtype(x.device.type)  # cast before the dtype checks, as in the layers' forward
@@ -356,22 +360,90 @@ class _FusedCellBase:
 
         weights = [_autocast(w, cast) for w in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
         with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
-            _, h, c = functional.sequence(
-                self._cell(),
-                x.unsqueeze(0),
-                h,
-                c,
-                *weights,
-                None,
-                None,
-                False,
-                self.backend,
-                self.zoneout,
-                self.training,
+            stepped = functional.step_on_torch_nn(
+                self._cell(), x, h, c, weights, self.backend, self.zoneout, self.__dict__.setdefault(_VERDICTS, {})
             )
+            if stepped is not None:
+                h, c = stepped
+            else:
+                _, h, c = functional.sequence(
+                    self._cell(),
+                    x.unsqueeze(0),
+                    h,
+                    c,
+                    *weights,
+                    None,
+                    None,
+                    False,
+                    self.backend,
+                    self.zoneout,
+                    self.training,
+                )
         if unbatched:
             h, c = h.squeeze(0), c.squeeze(0) if c is not None else None
         return (h, c) if has_c else h
+
+    def _forward_remembered_on_torch_nn(self, input, hx):
+        """forward's result for a batched (B, I) tensor without autocast or zoneout when this cell's verdicts (recorded
+        by the general path) say that torch.nn's cell op runs it with these weights and states that pass the checks
+        cheaply: the op's call as torch.nn's cell makes it. None otherwise (the general path, with its named errors).
+
+        A step of a cell is one small op: at B=1 H=64 torch.nn's LSTMCell takes about 16 us, and every microsecond
+        of argument handling shows."""
+        if torch.compiler.is_compiling():  # traced: the general path, whose every step torch.compile sees
+            return None
+        verdicts = self.__dict__.get(_VERDICTS)
+        if (
+            not verdicts
+            or type(input) is not torch.Tensor
+            or input.dim() != 2
+            or self.zoneout
+            or torch._C._is_any_autocast_enabled()  # as torch.nn's RNNBase asks; the general path casts
+        ):
+            return None
+        parameters = self._parameters
+        weights = (
+            parameters.get("weight_ih"),
+            parameters.get("weight_hh"),
+            parameters.get("bias_ih"),
+            parameters.get("bias_hh"),
+        )
+        # A parametrized weight is computed by its attribute, not in _parameters: the general path. (functional_call
+        # puts its tensors in _parameters; their new storage misses the verdicts.)
+        if weights[0] is None or weights[1] is None or (weights[2] is None or weights[3] is None) == self.bias:
+            return None
+        has_c = self._cell() == "lstm"
+        if hx is None:
+            states = (None, None)
+        elif has_c:
+            states = hx if isinstance(hx, (tuple, list)) else ()
+        else:
+            states = (hx, None)
+        if len(states) != 2 or not (self._fits(states[0], input) and self._fits(states[1], input)):
+            return None
+        flat = weights if self.bias else weights[:2]
+        h, c = states
+        grads = torch.is_grad_enabled() and (
+            input.requires_grad
+            or weights[0].requires_grad
+            or weights[1].requires_grad
+            or (self.bias and (weights[2].requires_grad or weights[3].requires_grad))
+            or (h is not None and h.requires_grad)
+            or (c is not None and c.requires_grad)
+        )
+        if not functional.remembered_on_torch_nn(verdicts, self.backend, input, input.shape[0], grads, flat):
+            return None
+        h, c = torch_rnn.step(self._cell(), input, h, c, *weights)
+        return (h, c) if has_c else h
+
+    def _fits(self, state, input) -> bool:
+        """Whether `state` is None or a (B, H) tensor of the input's dtype and device (what the general path checks)."""
+        return state is None or (
+            type(state) is torch.Tensor
+            and state.shape == (input.shape[0], self.hidden_size)
+            and state.dtype == input.dtype
+            and state.device == input.device
+        )
 
     def _check_state(self, name, state, x, unbatched, cast):
         if not isinstance(state, torch.Tensor):

@@ -205,3 +205,18 @@ def test_regularizers_benchmark_checks_each_contender_against_its_baseline_and_w
     }
     table = (tmp_path / "regularizers.md").read_text()
     assert table.count("| weight_drop |") == 3 and table.count("| locked_dropout |") == 3
+
+
+def test_cells_benchmark_checks_every_contender_against_torch_nn_and_writes_its_table(tmp_path):
+    """benchmarks.cells_cpu asserts before timing that each fused_rnn cell gives torch.nn's step; its table has a row
+    per cell, shape, mode and contender."""
+    from benchmarks import cells_cpu
+
+    result = cells_cpu.main(["--quick", "--out", str(tmp_path / "cells")])
+    assert {(r["cell"], r["mode"], r["contender"]) for r in result["rows"]} == {
+        (cell, mode, contender)
+        for cell in ("lstm", "gru", "rnn_tanh")
+        for mode in ("fw", "fwbw")
+        for contender in ("torch.nn", "fused_rnn.auto", "fused_rnn.cpu")
+    }
+    assert (tmp_path / "cells.md").read_text().count("| fused_rnn.auto |") == 6

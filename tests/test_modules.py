@@ -309,6 +309,109 @@ def test_cells_match_torch_nn(cell, backend):
             assert_close(f"{cell} batched={batched} hx={with_hx} grad {i}", e, o, ATOL, RTOL)
 
 
+def _cell_pair(cell, bias=True, **kwargs):
+    torch_class = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}.get(cell, nn.RNNCell)
+    extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    torch_cell = torch_class(4, 7, bias=bias, dtype=torch.float64, **extra, **kwargs)
+    return torch_cell, fused_rnn.from_torch(torch_cell)
+
+
+def _cell_general_path_refused(*args, **kwargs):
+    raise AssertionError("the step went through the general path, not the remembered torch.nn route")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_cell_step_on_the_remembered_torch_nn_route_matches_torch_nn(cell, bias, monkeypatch):
+    """A cell on "auto" runs a CPU step on torch.nn's own cell op, and once it has, the next batched step (same
+    shape and weights) goes straight to that op: outputs and every gradient equal torch.nn's, with and without hx, at
+    batch 1 and 3, with frozen weights (the state alone then asks for a backward) and without grad."""
+    torch_cell, fused_cell = _cell_pair(cell, bias)
+    for batch, with_hx, frozen, grad in [
+        (3, True, False, True),
+        (3, False, False, True),
+        (1, True, False, True),
+        (1, True, True, True),
+        (3, True, False, False),
+    ]:
+        for module in (torch_cell, fused_cell):
+            module.requires_grad_(not frozen)
+        x = torch.randn(batch, 4, dtype=torch.float64, requires_grad=not frozen)
+        state = lambda batch=batch: torch.randn(batch, 7, dtype=torch.float64, requires_grad=True)
+        hx = ((state(), state()) if cell == "lstm" else state()) if with_hx else None
+        leaves = [t for t in (x, *([hx] if isinstance(hx, torch.Tensor) else hx or [])) if t.requires_grad]
+        leaves += [p for p in torch_cell.parameters() if p.requires_grad]
+        with torch.set_grad_enabled(grad):
+            fused_cell(x, hx)  # the general path records the verdict
+            with monkeypatch.context() as patch:
+                patch.setattr(fused_rnn.modules, "cell_input", _cell_general_path_refused)
+                ours = fused_cell(x, hx)
+            expected = torch_cell(x, hx)
+        ours, expected = (list(o) if isinstance(o, tuple) else [o] for o in (ours, expected))
+        where = f"{cell} bias={bias} B={batch} hx={with_hx} frozen={frozen} grad={grad}"
+        for e, o in zip(expected, ours, strict=True):
+            assert_close(f"{where} output", e, o, ATOL, RTOL)
+            assert o.requires_grad == grad
+        if not grad:
+            continue
+        our_leaves = leaves[: len(leaves) - sum(p.requires_grad for p in torch_cell.parameters())]
+        our_leaves += [p for p in fused_cell.parameters() if p.requires_grad]
+        weights = [torch.randn_like(e) for e in expected]
+        expected_grads = torch.autograd.grad(sum((e * w).sum() for e, w in zip(expected, weights)), leaves)
+        our_grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ours, weights)), our_leaves)
+        for i, (e, o) in enumerate(zip(expected_grads, our_grads, strict=True)):
+            assert_close(f"{where} grad {i}", e, o, ATOL, RTOL)
+
+
+@pytest.mark.parametrize("replaced", ["weight_hh", "bias_hh"])
+def test_a_remembered_cell_runs_on_the_tensors_put_in_place_of_its_weights(replaced):
+    """After remembered steps, a step runs on what replaces a parameter, as torch.nn's cell does: the plain tensor
+    torch.func.functional_call (WeightDrop's way) puts in `_parameters`, and a parametrization's computed tensor."""
+    torch_cell, fused_cell = _cell_pair("lstm")
+    x = torch.randn(3, 4, dtype=torch.float64)
+    fused_cell(x)
+    fused_cell(x)
+    swapped = {replaced: getattr(torch_cell, replaced).detach() * 3}
+    for e, o in zip(
+        torch.func.functional_call(torch_cell, swapped, (x,)),
+        torch.func.functional_call(fused_cell, swapped, (x,)),
+        strict=True,
+    ):
+        assert_close(f"{replaced} swapped by functional_call", e, o, ATOL, RTOL)
+    nn.utils.parametrize.register_parametrization(fused_cell, replaced, Doubled())
+    with torch.no_grad():
+        getattr(torch_cell, replaced).mul_(2)
+    for e, o in zip(torch_cell(x), fused_cell(x), strict=True):
+        assert_close(f"{replaced} parametrized", e, o, ATOL, RTOL)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_cell_on_the_remembered_route_still_refuses_bad_states_and_checks_new_weights(cell):
+    """After a remembered step, a bad hx still raises the general path's named errors, and weights with new
+    storage are checked again."""
+    _, fused_cell = _cell_pair(cell)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    state = torch.zeros(3, 7, dtype=torch.float64)
+    fused_cell(x, (state, state) if cell == "lstm" else state)
+    bad_shape = torch.zeros(2, 7, dtype=torch.float64)
+    bad_dtype = state.float()
+    if cell == "lstm":
+        with pytest.raises(TypeError, match="hx must be a tuple \\(h, c\\) for an LSTMCell, got Tensor"):
+            fused_cell(x, torch.zeros(2, 3, 7, dtype=torch.float64))
+        cases = [
+            ((bad_shape, state), ValueError, "hx\\[0\\] must have shape"),
+            ((state, bad_dtype), TypeError, "hx\\[1\\] has dtype"),
+        ]
+    else:
+        cases = [(bad_shape, ValueError, "hx must have shape"), (bad_dtype, TypeError, "hx has dtype")]
+    for hx, error, message in cases:
+        with pytest.raises(error, match=message):
+            fused_cell(x, hx)
+    fused_cell.weight_hh.data = torch.zeros(5, 7, dtype=torch.float64)
+    with pytest.raises(ValueError, match="weight_hh"):
+        fused_cell(x)
+
+
 @pytest.mark.parametrize("fused_class", [fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.RNN])
 def test_state_dict_round_trips_with_torch_nn(fused_class):
     torch_class = getattr(nn, fused_class.__name__)

@@ -69,6 +69,8 @@ def test_auto_picks_persistent_only_where_it_was_measured_fastest(gpu_with_kerne
         return resolve("auto", CUDA, dtype, workload=call)
 
     assert auto() == "persistent"  # B=1 T=1024 H=512: 0.22-0.47x cuDNN's time
+    one_step = Workload("lstm", 1, packed=False, training=training, hidden=512, single_step=True)
+    assert resolve("auto", CUDA, dtype, workload=one_step) == "torch"  # an LSTMCell: torch.nn's cell op
     assert auto(batch=16, hidden=768) == "torch"  # 0.98-1.32x
     assert auto(batch=64, hidden=1024) == "torch"  # 5-13x
     assert auto(hidden=256) == "torch"  # not measured

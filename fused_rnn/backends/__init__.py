@@ -3,7 +3,8 @@
 - "reference": plain PyTorch ops step by step (fused_rnn.reference); any device and dtype. The oracle.
 - "triton": fused Triton cell kernels (fused_rnn.backends.triton) on CUDA GPUs, or on CPU under the
   Triton interpreter when TRITON_INTERPRET=1 was set before fused_rnn was imported (slow; for tests).
-- "torch": torch.nn's own recurrent kernels (fused_rnn.backends.torch_rnn): oneDNN on CPU, cuDNN on GPU.
+- "torch": torch.nn's own recurrent kernels (fused_rnn.backends.torch_rnn): oneDNN on CPU, cuDNN on GPU; for a cell
+  module's step, torch.nn's cell ops (torch.lstm_cell, torch.gru_cell, ...), as torch.nn's cells run them.
 - "cpu": the compiled whole-sequence CPU kernels of csrc/ (fused_rnn.backends.native), float32 and float64.
 - "cuda": the compiled CUDA kernels of csrc/ on CUDA tensors: the C++ driver runs a cuBLAS GEMM and one fused
   step kernel per step, with no Python per step; float16, bfloat16, float32, float64.
@@ -18,8 +19,10 @@ the cells not yet measured on a GPU (GRU, Elman RNN, projected LSTM; the referen
 cuDNN's backward, as torch.nn's, cannot itself be differentiated: for double backward on CUDA pass a fused backend.
 On CPU "auto" picks "cpu" for the shapes where the committed measurements (benchmarks/results/cpu_native/cpu.md,
 cpu_inference.md) show it faster than torch.nn, else "torch", which on CPU is 2-18x faster than the reference
-(benchmarks/results/cpu.md) and keeps double backward and torch.compile. The layers beyond torch.nn (IndRNN, LayerNorm
-LSTM/GRU, the multi-head cells) choose among their own backends (their functional modules' chosen_backend).
+(benchmarks/results/cpu.md) and keeps double backward and torch.compile. A cell module's step (LSTMCell, GRUCell,
+RNNCell) on CPU runs on "torch", torch.nn's own cell op (benchmarks/results/cells_cpu.md). The layers beyond
+torch.nn (IndRNN, LayerNorm LSTM/GRU, the multi-head cells) choose among their own backends (their functional
+modules' chosen_backend).
 
 Zoneout (LSTM and GRU, with or without projection) runs on "triton", "cpu", "cuda" and "reference"; "auto" picks
 "triton" on CUDA and "cpu" on CPU (the reference where those cannot run: benchmarks/results/zoneout_cpu.md, the Triton
@@ -56,8 +59,8 @@ def _triton_unavailable(device: torch.device) -> str | None:
 
 class Workload(NamedTuple):
     """What "auto" weighs on CPU: the cell, the batch, packed or padded input, and whether a backward follows;
-    and what "persistent" must fit on chip: the hidden size, and whether the LSTM has a projection; and whether
-    the call has zoneout, which only some backends run."""
+    and what "persistent" must fit on chip: the hidden size, and whether the LSTM has a projection; whether
+    the call has zoneout, which only some backends run; and whether it is one step of a cell module (LSTMCell...)."""
 
     cell: str
     batch: int
@@ -66,6 +69,7 @@ class Workload(NamedTuple):
     hidden: int = 0
     projected: bool = False
     zoneout: bool = False
+    single_step: bool = False
 
 
 def native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -149,6 +153,7 @@ def _cuda_auto(device: torch.device, dtype: torch.dtype, workload: Workload | No
         shape = (workload.cell, workload.batch, workload.hidden)
         if (
             shape in CUDA_PERSISTENT_MEASURED_FASTER
+            and not workload.single_step  # measured on sequences of 1024 steps, not on one cell step
             and _native_cuda_unavailable(device, dtype) is None
             and _persistent_unavailable(device, dtype, workload) is None
             and torch.cuda.get_device_capability(device) == CUDA_PERSISTENT_MEASURED_CAPABILITY
@@ -165,6 +170,8 @@ def native_cpu_is_faster(workload: Workload) -> bool:
     """Whether "cpu" beat torch.nn's CPU kernels at this shape in the committed measurements
     (benchmarks/results/cpu_native/cpu.md, cpu_inference.md): "auto" picks it only there. rnn_relu is rnn_tanh's
     kernel with a cheaper activation, so it follows rnn_tanh's measurements."""
+    if workload.single_step:
+        return False  # a cell module's step: torch.nn's cell op was faster in every committed case but two
     cell = "rnn_tanh" if workload.cell == "rnn_relu" else workload.cell
     if (cell, workload.packed, workload.training, workload.projected) == ("lstm", False, False, False):
         return workload.batch == 1 and workload.hidden >= NATIVE_CPU_LSTM_INFERENCE_MIN_HIDDEN

@@ -14,6 +14,7 @@ import torch
 from fused_rnn.packing import reversed_rows
 
 _OPS = {"lstm": torch.lstm, "gru": torch.gru, "rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu}
+_CELL_OPS = {"gru": torch.gru_cell, "rnn_tanh": torch.rnn_tanh_cell, "rnn_relu": torch.rnn_relu_cell}
 
 
 def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, reverse):
@@ -57,6 +58,18 @@ def layers(
         sizes = torch.tensor(batch_sizes, dtype=torch.int64)
         output, *final = _OPS[cell](input, sizes, state, *common)
     return output, final[0], final[1] if c0 is not None else None
+
+
+def step(cell, input, h, c, weight_ih, weight_hh, bias_ih, bias_hh):
+    """One step of a cell on torch.nn's cell op (what torch.nn.LSTMCell/GRUCell/RNNCell run): input (B, I), h and
+    c (B, ·) or None for zeros; returns (h', c' or None)."""
+    if h is None:
+        h = input.new_zeros(input.shape[0], weight_hh.shape[1])
+    if cell != "lstm":
+        return _CELL_OPS[cell](input, h, weight_ih, weight_hh, bias_ih, bias_hh), None
+    if c is None:
+        c = input.new_zeros(input.shape[0], weight_hh.shape[1])
+    return torch.lstm_cell(input, (h, c), weight_ih, weight_hh, bias_ih, bias_hh)
 
 
 def _time_reversed(tensor, batch_sizes):
