@@ -412,17 +412,26 @@ class _FusedCellBase:
         # puts its tensors in _parameters; their new storage misses the verdicts.)
         if weights[0] is None or weights[1] is None or (weights[2] is None or weights[3] is None) == self.bias:
             return None
-        has_c = self._cell() == "lstm"
+        cell = self._cell()
         if hx is None:
-            states = (None, None)
-        elif has_c:
-            states = hx if isinstance(hx, (tuple, list)) else ()
+            h = c = None
+        elif cell != "lstm":
+            h, c = hx, None
+        elif isinstance(hx, (tuple, list)) and len(hx) == 2:
+            h, c = hx
         else:
-            states = (hx, None)
-        if len(states) != 2 or not (self._fits(states[0], input) and self._fits(states[1], input)):
             return None
+        shape = (input.shape[0], self.hidden_size)
+        dtype, device = input.dtype, input.device
+        for state in (h, c):  # what the general path checks, without naming what does not fit
+            if state is not None and (
+                type(state) is not torch.Tensor
+                or state.shape != shape
+                or state.dtype != dtype
+                or state.device != device
+            ):
+                return None
         flat = weights if self.bias else weights[:2]
-        h, c = states
         grads = torch.is_grad_enabled() and (
             input.requires_grad
             or weights[0].requires_grad
@@ -433,17 +442,8 @@ class _FusedCellBase:
         )
         if not functional.remembered_on_torch_nn(verdicts, self.backend, input, input.shape[0], grads, flat):
             return None
-        h, c = torch_rnn.step(self._cell(), input, h, c, *weights)
-        return (h, c) if has_c else h
-
-    def _fits(self, state, input) -> bool:
-        """Whether `state` is None or a (B, H) tensor of the input's dtype and device (what the general path checks)."""
-        return state is None or (
-            type(state) is torch.Tensor
-            and state.shape == (input.shape[0], self.hidden_size)
-            and state.dtype == input.dtype
-            and state.device == input.device
-        )
+        h, c = torch_rnn.step(cell, input, h, c, *weights)
+        return (h, c) if cell == "lstm" else h
 
     def _check_state(self, name, state, x, unbatched, cast):
         if not isinstance(state, torch.Tensor):
