@@ -65,14 +65,18 @@ def peak_memory_mb(run: Callable[[], None], reset: Callable[[], None], device: t
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def time_interleaved(calls: dict, warmup: int, repeats: int) -> dict[str, Timing]:
+def time_interleaved(calls: dict, warmup: int, repeats: int, resets: dict | None = None) -> dict[str, Timing]:
     """Each call's median and 20%/80% quantiles over `repeats` rounds after `warmup` ones; every round calls each
-    once, so load from other processes on a shared machine falls on all contenders alike."""
+    once, so load from other processes on a shared machine falls on all contenders alike. `resets[name]`, where
+    given, runs before each call of `name`, outside the timed span."""
     names = list(calls)
     times = {name: [] for name in names}
+    resets = resets or {}
     for turn in range(warmup + repeats):
         # Start each round at the next contender, so none always runs right after the same other one.
         for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            if name in resets:
+                resets[name]()
             start = time.perf_counter()
             calls[name]()
             if turn >= warmup:

@@ -18,6 +18,7 @@ from benchmarks.contenders import (
     output_tensor,
     workload,
 )
+from benchmarks.timing import time_interleaved
 
 CPU = torch.device("cpu")
 SMALL_CONFIGS = [
@@ -120,6 +121,22 @@ def test_main_writes_results_table_and_plot(tmp_path, capsys):
     assert markdown.startswith("# fused_rnn benchmarks") and "| quick_b8_t16_h32_2layer_bidir | rnn_tanh" in markdown
     assert (tmp_path / "cpu.png").read_bytes().startswith(b"\x89PNG")
     assert "x torch.nn best dtype" in capsys.readouterr().out
+
+
+def test_on_cpu_a_case_times_its_contenders_interleaved_with_the_same_rounds(tmp_path, monkeypatch):
+    """On CPU every contender of a case and mode is timed in ONE interleaved run (a round calls each once, after its
+    reset), so that drift and load fall on all alike; the default is 2 warm-up and 15 timed rounds."""
+    seen = []
+
+    def recording(calls, warmup, repeats, resets=None):
+        seen.append((sorted(calls), warmup, repeats, sorted(resets or {})))
+        return time_interleaved(calls, warmup, repeats, resets)
+
+    monkeypatch.setattr(run, "time_interleaved", recording)
+    argv = ["--quick", "--config", "quick_b1_t32_h64", "--cell", "gru", "--dtype", "fp32", "--backend", "auto"]
+    run.main([*argv, "--device", "cpu", "--out", str(tmp_path)])
+    contenders = sorted([fused_contender("auto"), TORCH, NAIVE])
+    assert seen == [(contenders, 2, 15, contenders)] * 2  # fw, then fwbw
 
 
 def test_main_records_a_failing_contender_and_goes_on(tmp_path, monkeypatch):
