@@ -1,5 +1,6 @@
 """Wall time of a callable on CPU or CUDA, and the CUDA memory one call needs."""
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,9 +73,11 @@ def time_interleaved(calls: dict, warmup: int, repeats: int, resets: dict | None
     names = list(calls)
     times = {name: [] for name in names}
     resets = resets or {}
+    order = random.Random(0)
     for turn in range(warmup + repeats):
-        # Start each round at the next contender, so none always runs right after the same other one.
-        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+        # Each round in its own order, so that no call always runs right after the same other one: a call after a
+        # long Python loop finds the caches cold (rotating a fixed order keeps each one's predecessor).
+        for name in order.sample(names, len(names)):
             if name in resets:
                 resets[name]()
             start = time.perf_counter()
