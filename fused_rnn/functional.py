@@ -268,14 +268,8 @@ def layers_on_torch_nn(
     flat = [w for layer in weights for w in layer if w is not None]
     grads = torch.is_grad_enabled() and _needs_backward((input, h0, c0, *flat))
     key = _verdict_key(backend, input, batch, batch_sizes is None, grads, flat) if verdicts is not None else None
-    on_torch_nn = verdicts.get(key) if key is not None else None
-    if on_torch_nn is None:
-        on_torch_nn = _on_torch_nn(spec, backend, input, batch, batch_sizes, grads, weights, bidirectional)
-        if key is not None:
-            if len(verdicts) >= _MAX_VERDICTS:  # a batch size per entry: bounded for ragged inference
-                verdicts.clear()
-            verdicts[key] = on_torch_nn
-    if not on_torch_nn:
+    decide = lambda: _on_torch_nn(spec, backend, input, batch, batch_sizes, grads, weights, bidirectional)
+    if not _verdict(verdicts, key, decide):
         return None
     num_layers = len(weights) // (2 if bidirectional else 1)
     has_biases = weights[0][2] is not None
@@ -305,6 +299,18 @@ def remembered_on_torch_nn(verdicts, backend, input, batch, grads, weights) -> b
 
 
 _MAX_VERDICTS = 16
+
+
+def _verdict(verdicts, key, decide) -> bool:
+    """verdicts[key], or decide()'s answer, remembered under key unless key is None (then nothing is remembered)."""
+    verdict = verdicts.get(key) if key is not None else None
+    if verdict is None:
+        verdict = decide()
+        if key is not None:
+            if len(verdicts) >= _MAX_VERDICTS:  # a batch size per entry: bounded for ragged inference
+                verdicts.clear()
+            verdicts[key] = verdict
+    return verdict
 
 
 def _verdict_key(backend, input, batch, padded, grads, weights) -> tuple | None:
@@ -379,18 +385,13 @@ def step_on_torch_nn(
     grads = torch.is_grad_enabled() and _needs_backward((input, h, c, *flat))
     batch = input.shape[0]
     key = _verdict_key(backend, input, batch, True, grads, flat) if verdicts is not None else None
-    on_torch_nn = verdicts.get(key) if key is not None else None
-    if on_torch_nn is None:
+
+    def decide():
         _check_weights(spec, input, *weights, None)
         hidden = weights[1].shape[0] // spec.gates
-        on_torch_nn = (
-            _chosen(backend, cell, input, batch, None, hidden, None, grads, False, single_step=True) == "torch"
-        )
-        if key is not None:
-            if len(verdicts) >= _MAX_VERDICTS:
-                verdicts.clear()
-            verdicts[key] = on_torch_nn
-    if not on_torch_nn:
+        return _chosen(backend, cell, input, batch, None, hidden, None, grads, False, single_step=True) == "torch"
+
+    if not _verdict(verdicts, key, decide):
         return None
     return torch_rnn.step(cell, input, h, c, *weights)
 

@@ -117,3 +117,43 @@ def test_torch_compile_fullgraph_on_gpu():
     compiled = outputs_and_grads(torch.compile(module, fullgraph=True), x, None)
     for i, (e, c) in enumerate(zip(eager, compiled, strict=True)):
         torch.testing.assert_close(c, e, atol=1e-4, rtol=1e-4, msg=f"tensor {i}")
+
+
+CELL_CLASSES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn_tanh": nn.RNNCell}
+
+
+def _stepped(cell, x, state):
+    """Three steps from `state` (the cell's remembered route from the second on): the states, then the gradients of a
+    random weighted sum of them w.r.t. the input and every weight."""
+    cell.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    states = []
+    for _ in range(3):
+        state = cell(x, state)
+        states += list(state) if isinstance(state, tuple) else [state]
+    generator = torch.Generator().manual_seed(1)
+    loss = sum(
+        (s.double() * torch.randn(s.shape, generator=generator, dtype=torch.float64).to(s.device)).sum() for s in states
+    )
+    loss.backward()
+    return [*states, x.grad, *(p.grad for p in cell.parameters())]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("cell", list(CELL_CLASSES))
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_cells_step_on_cuda_within_twice_torch_nn_error(cell, backend, dtype):
+    """fused_rnn's cells stepped on CUDA (on "auto" the LSTMCell runs torch.nn's own cell op) against torch.nn's cell
+    in float64 on the CPU, within twice the error of torch.nn's cell in the same dtype (matmuls without TF32, torch's
+    default)."""
+    reference = CELL_CLASSES[cell](24, 40, device="cuda")
+    exact = copy.deepcopy(reference).to("cpu", torch.float64)
+    ours = fused_rnn.from_torch(reference, backend=backend).to(dtype)
+    reference = reference.to(dtype)
+    x = torch.randn(5, 24, device="cuda")
+    expected = [t.to("cuda") for t in _stepped(exact, x.to("cpu", torch.float64), None)]
+    theirs = _stepped(reference, x.to(dtype), None)
+    mine = _stepped(ours, x.to(dtype), None)
+    for index, (e, t, m) in enumerate(zip(expected, theirs, mine, strict=True)):
+        assert m.dtype == t.dtype, index
+        assert_within_twice_torch_error(f"{cell} {backend} tensor {index}", e, m, t, FLOOR[dtype])
