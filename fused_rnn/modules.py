@@ -75,6 +75,23 @@ def _repr_options(module) -> str:
 _VERDICTS = "_torch_nn_verdicts"
 
 
+def _remembered_verdicts(module, input, dim: int) -> dict | None:
+    """`module`'s torch.nn-route verdicts when its call with `input` may take the remembered route: eager, a plain
+    tensor of `dim` dimensions, no zoneout, no autocast (the general path casts); None otherwise."""
+    if torch.compiler.is_compiling():  # traced: the general path, whose every step torch.compile sees
+        return None
+    verdicts = module.__dict__.get(_VERDICTS)
+    if (
+        not verdicts
+        or type(input) is not torch.Tensor
+        or input.dim() != dim
+        or module.zoneout
+        or torch._C._is_any_autocast_enabled()  # as torch.nn's RNNBase asks
+    ):
+        return None
+    return verdicts
+
+
 class _FusedRNNBase:
     """forward() for the multi-layer modules; mixed into subclasses of torch.nn.RNNBase."""
 
@@ -134,16 +151,8 @@ class _FusedRNNBase:
 
         The general path costs Python time that torch.nn's layer does not spend, and right after a backward, with
         cold caches, Python time doubles: at B=1 T=32 H=64 it made a training step 1.05x torch.nn's."""
-        if torch.compiler.is_compiling():  # traced: the general path, whose every step torch.compile sees
-            return None
-        verdicts = self.__dict__.get(_VERDICTS)
-        if (
-            not verdicts
-            or type(input) is not torch.Tensor
-            or input.dim() != 3
-            or self.zoneout
-            or torch._C._is_any_autocast_enabled()  # as torch.nn's RNNBase asks; the general path casts
-        ):
+        verdicts = _remembered_verdicts(self, input, 3)
+        if verdicts is None:
             return None
         parameters = self._parameters
         weights = [parameters.get(name) for name in self._flat_weights_names]
@@ -390,16 +399,8 @@ class _FusedCellBase:
 
         A step of a cell is one small op: at B=1 H=64 torch.nn's LSTMCell takes about 16 us, and every microsecond
         of argument handling shows."""
-        if torch.compiler.is_compiling():  # traced: the general path, whose every step torch.compile sees
-            return None
-        verdicts = self.__dict__.get(_VERDICTS)
-        if (
-            not verdicts
-            or type(input) is not torch.Tensor
-            or input.dim() != 2
-            or self.zoneout
-            or torch._C._is_any_autocast_enabled()  # as torch.nn's RNNBase asks; the general path casts
-        ):
+        verdicts = _remembered_verdicts(self, input, 2)
+        if verdicts is None:
             return None
         parameters = self._parameters
         weights = (
