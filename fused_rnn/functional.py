@@ -289,12 +289,12 @@ def layers_on_torch_nn(
     )
 
 
-def remembered_on_torch_nn(verdicts, backend, input, batch, grads, weights) -> bool:
-    """Whether `verdicts` (a module's, as given to layers_on_torch_nn or step_on_torch_nn) say that a padded call with
-    this input and these weights (in torch.nn's `_flat_weights` order, or a cell's weight_ih, weight_hh and biases)
-    runs on torch.nn's op, its weights checked: False when they do not know. Not for traced calls. `input` may be
-    batch-first: only its device, dtype and feature size count."""
-    key = _verdict_key(backend, input, batch, True, grads, weights)
+def remembered_on_torch_nn(verdicts, backend, input, batch, padded, grads, weights) -> bool:
+    """Whether `verdicts` (a module's, as given to layers_on_torch_nn or step_on_torch_nn) say that a call with this
+    input (padded, or packed rows) and these weights (in torch.nn's `_flat_weights` order, or a cell's weight_ih,
+    weight_hh and biases) runs on torch.nn's op, its weights checked: False when they do not know. Not for traced
+    calls. `input` may be batch-first: only its device, dtype and feature size count."""
+    key = _verdict_key(backend, input, batch, padded, grads, weights)
     return key is not None and verdicts.get(key) is True
 
 

@@ -202,16 +202,19 @@ def _general_path_refused(*args, **kwargs):
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 @pytest.mark.parametrize("seed", range(16))
 def test_a_call_the_module_ran_on_torch_nn_before_goes_straight_to_it_and_still_matches(seed, backend, monkeypatch):
-    """A module that ran a padded batched call on torch.nn's op runs the next such call (same shape and weights)
-    straight on it, without the general input handling: outputs and every gradient still equal torch.nn's over random
-    configurations (batch_first, bidirectional, layers, bias, proj_size, a given hx or none)."""
-    config = {**random_config(seed), "form": "padded"}
+    """A module that ran a batched call (padded or packed) on torch.nn's op runs the next such call (same shape and
+    weights) straight on it, without the general input handling: outputs and every gradient still equal torch.nn's
+    over random configurations (batch_first, bidirectional, layers, bias, proj_size, packed sorted or not, a given hx
+    or none)."""
+    config = random_config(seed)
+    if config["form"] == "unbatched":  # always the general path
+        config["form"] = "padded"
     torch.manual_seed(seed)
     torch_module = make_torch_module(config)
     fused_module = fused_rnn.from_torch(torch_module, backend=backend)
     assert_parity(torch_module, fused_module, config, seed)
     remembered = any(fused_module.__dict__["_torch_nn_verdicts"].values())
-    assert remembered or (backend == "auto" and config["cell"] != "lstm"), config  # "auto" runs "cpu" for GRU/RNN
+    assert remembered or backend == "auto", config  # "auto" runs "cpu" where it was measured faster
     if remembered:
         monkeypatch.setattr(fused_rnn.modules, "layer_input", _general_path_refused)
     assert_parity(torch_module, fused_module, config, seed + 100)
@@ -246,20 +249,36 @@ def test_the_remembered_torch_nn_route_keeps_inference_dropout_and_the_checks(ce
         fused(x, hx)
 
 
-def test_the_remembered_torch_nn_route_differentiates_a_state_alone(monkeypatch):
-    """Frozen weights and an input without grad, in eval mode: an hx that requires grad alone makes the call a
-    training one (cuDNN's backward needs its forward in training mode); the remembered route sees it, and h_0's and
-    c_0's gradients equal torch.nn's."""
+@pytest.mark.parametrize("leaf", ["hx", "packed input"])
+def test_the_remembered_torch_nn_route_differentiates_a_state_or_an_input_alone(leaf, monkeypatch):
+    """Frozen weights in eval mode: an hx, or a packed input, that requires grad alone makes the call a training one
+    (cuDNN's backward needs its forward in training mode); the remembered route sees it, and its gradients equal
+    torch.nn's."""
     torch_module = nn.LSTM(3, 5, num_layers=2, dtype=torch.float64).eval().requires_grad_(False)
     fused = fused_rnn.from_torch(torch_module, backend="torch")
-    x = torch.randn(4, 2, 3, dtype=torch.float64)
-    hx = [torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=True) for _ in range(2)]
-    fused(x, hx)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=leaf != "hx")
+    hx = [torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=leaf == "hx") for _ in range(2)]
+    module_input = x if leaf == "hx" else pack_padded_sequence(x, [2, 4], enforce_sorted=False)
+    leaves = hx if leaf == "hx" else [x]
+    fused(module_input, hx)
     monkeypatch.setattr(fused_rnn.modules, "layer_input", _general_path_refused)
-    ours = torch.autograd.grad(fused(x, hx)[0].sum(), hx)
-    expected = torch.autograd.grad(torch_module(x, hx)[0].sum(), hx)
-    for name, e, o in zip(["h_0", "c_0"], expected, ours, strict=True):
-        assert_close(f"grad {name}", e, o, ATOL, RTOL)
+    output = lambda module: flatten_outputs(module(module_input, hx))[0]
+    ours = torch.autograd.grad(output(fused).sum(), leaves, retain_graph=True)  # the packing graph is shared
+    expected = torch.autograd.grad(output(torch_module).sum(), leaves)
+    for index, (e, o) in enumerate(zip(expected, ours, strict=True)):
+        assert_close(f"grad of {leaf} {index}", e, o, ATOL, RTOL)
+
+
+@pytest.mark.parametrize("index", [i for i, c in enumerate(PINNED_CONFIGS) if c["form"] != "unbatched"])
+def test_pinned_configs_on_the_remembered_torch_nn_route(index, monkeypatch):
+    """The pinned configurations (packed unsorted with hx, 2 layers, bidirectional, proj_size...), a second call on
+    the remembered route: outputs and every gradient equal torch.nn's."""
+    config = PINNED_CONFIGS[index]
+    torch_module = make_torch_module(config)
+    fused_module = fused_rnn.from_torch(torch_module, backend="torch")
+    assert_parity(torch_module, fused_module, config, index)
+    monkeypatch.setattr(fused_rnn.modules, "layer_input", _general_path_refused)
+    assert_parity(torch_module, fused_module, config, index + 100)
 
 
 def test_randomized_configs_cover_every_feature():

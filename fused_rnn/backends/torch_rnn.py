@@ -42,7 +42,8 @@ def layers(
     """All layers and directions in one call, as torch.nn's layers make it.
 
     Args:
-        input: (T, B, I), (B, T, I) when batch_first, or packed rows (N, I) with batch_sizes.
+        input: (T, B, I), (B, T, I) when batch_first, or packed rows (N, I) with batch_sizes (a list, or a
+            PackedSequence's own int64 CPU tensor).
         h0, c0: (layers * directions, B, ·); c0 None but for the LSTM.
         weights: every layer's and direction's weights in torch.nn's `_flat_weights` order (no None entries).
         train: run in training mode (dropout; cuDNN's backward needs it).
@@ -55,7 +56,7 @@ def layers(
     if batch_sizes is None:
         output, *final = _OPS[cell](input, state, *common, batch_first)
     else:
-        sizes = torch.tensor(batch_sizes, dtype=torch.int64)
+        sizes = batch_sizes if isinstance(batch_sizes, torch.Tensor) else torch.tensor(batch_sizes, dtype=torch.int64)
         output, *final = _OPS[cell](input, sizes, state, *common)
     return output, final[0], final[1] if c0 is not None else None
 
