@@ -266,9 +266,9 @@ class _Prepared:
 def measure(config: Config, cell: str, dtype: str, mode: str, contenders: list[str], args: argparse.Namespace):
     """Time every contender on one case and mode; a contender that raises is recorded as failed, not fatal.
 
-    On CPU the contenders are timed interleaved (each round calls each once, time_interleaved), so that the load of a
-    shared machine and its drift fall on all of them alike; on CUDA one after another, each call timed with CUDA
-    events.
+    On CPU the contenders are timed interleaved (each round times each once, right after an untimed call of its own:
+    time_interleaved), so that the load of a shared machine and its drift fall on all of them alike and none is timed
+    in the wake of another; on CUDA one after another, each call timed with CUDA events.
     """
     prepared, failures = {}, {}
     for contender in contenders:
@@ -283,7 +283,7 @@ def measure(config: Config, cell: str, dtype: str, mode: str, contenders: list[s
     elif prepared:
         runs = {contender: ready.run for contender, ready in prepared.items()}
         resets = {contender: ready.reset for contender, ready in prepared.items()}
-        timings = time_interleaved(runs, args.warmup, args.repeats, resets)
+        timings = time_interleaved(runs, args.warmup, args.repeats, resets, settle=1)
     shape = {
         "batch": config.batch,
         "steps": config.steps,

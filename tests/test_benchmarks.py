@@ -124,19 +124,20 @@ def test_main_writes_results_table_and_plot(tmp_path, capsys):
 
 
 def test_on_cpu_a_case_times_its_contenders_interleaved_with_the_same_rounds(tmp_path, monkeypatch):
-    """On CPU every contender of a case and mode is timed in ONE interleaved run (a round calls each once, after its
-    reset), so that drift and load fall on all alike; the default is 2 warm-up and 15 timed rounds."""
+    """On CPU every contender of a case and mode is timed in ONE interleaved run (a round times each once, after its
+    reset and one untimed call of its own), so that drift and load fall on all alike and none is timed in another's
+    wake; the default is 2 warm-up and 15 timed rounds."""
     seen = []
 
-    def recording(calls, warmup, repeats, resets=None):
-        seen.append((sorted(calls), warmup, repeats, sorted(resets or {})))
-        return time_interleaved(calls, warmup, repeats, resets)
+    def recording(calls, warmup, repeats, resets=None, settle=0):
+        seen.append((sorted(calls), warmup, repeats, sorted(resets or {}), settle))
+        return time_interleaved(calls, warmup, repeats, resets, settle)
 
     monkeypatch.setattr(run, "time_interleaved", recording)
     argv = ["--quick", "--config", "quick_b1_t32_h64", "--cell", "gru", "--dtype", "fp32", "--backend", "auto"]
     run.main([*argv, "--device", "cpu", "--out", str(tmp_path)])
     contenders = sorted([fused_contender("auto"), TORCH, NAIVE])
-    assert seen == [(contenders, 2, 15, contenders)] * 2  # fw, then fwbw
+    assert seen == [(contenders, 2, 15, contenders, 1)] * 2  # fw, then fwbw
 
 
 def test_main_records_a_failing_contender_and_goes_on(tmp_path, monkeypatch):
@@ -237,3 +238,17 @@ def test_cells_benchmark_checks_every_contender_against_torch_nn_and_writes_its_
         for contender in ("torch.nn", "fused_rnn.auto", "fused_rnn.cpu")
     }
     assert (tmp_path / "cells.md").read_text().count("| fused_rnn.auto |") == 6
+
+
+def test_time_interleaved_settles_each_contender_before_timing_it():
+    """With settle=1 each timed call directly follows an untimed call of the same contender (after its reset)."""
+    log = []
+    calls = {name: (lambda name=name: log.append(name)) for name in "abc"}
+    resets = {name: (lambda name=name: log.append(f"reset {name}")) for name in "abc"}
+    time_interleaved(calls, warmup=1, repeats=3, resets=resets, settle=1)
+    assert len(log) == 4 * 3 * 4  # 4 rounds of 3 contenders: reset, settle call, reset, timed call
+    for start in range(0, len(log), 4):
+        name = log[start + 1]
+        assert log[start : start + 4] == [f"reset {name}", name, f"reset {name}", name]
+    rounds = [tuple(log[start + 1] for start in range(first, first + 12, 4)) for first in range(0, len(log), 12)]
+    assert len(set(rounds)) > 1, "every round in the same order"
