@@ -141,43 +141,63 @@ def rnn(
 def lstm_cell(
     input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto", zoneout=0.0, training=True
 ):
-    """One LSTM step: input (B, I), hx = (h, c) each (B, H) or None; returns (h', c'), zoned as in lstm."""
-    _, (h, c) = lstm(
-        input.unsqueeze(0),
-        hx,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        backend=backend,
-        zoneout=zoneout,
-        training=training,
-    )
+    """One LSTM step: input (B, I), hx = (h, c) each (B, H) or None; returns (h', c'), zoned as in lstm. On "torch"
+    (what "auto" picks on CPU) torch's own torch.lstm_cell, as torch.nn.LSTMCell runs it."""
+    h, c = (None, None) if hx is None else _pair(hx)
+    weights = (weight_ih, weight_hh, bias_ih, bias_hh)
+    stepped = _step_on_torch_nn("lstm", input, h, c, weights, backend, zoneout)
+    if stepped is not None:
+        return stepped
+    _, (h, c) = lstm(input.unsqueeze(0), hx, *weights, backend=backend, zoneout=zoneout, training=training)
     return h, c
 
 
 def gru_cell(
     input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto", zoneout=0.0, training=True
 ):
-    """One GRU step: input (B, I), hx (B, H) or None; returns h', zoned as in gru."""
-    return gru(
-        input.unsqueeze(0),
-        hx,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        backend=backend,
-        zoneout=zoneout,
-        training=training,
-    )[1]
+    """One GRU step: input (B, I), hx (B, H) or None; returns h', zoned as in gru. On "torch" (what "auto" picks on
+    CPU) torch's own torch.gru_cell."""
+    weights = (weight_ih, weight_hh, bias_ih, bias_hh)
+    stepped = _step_on_torch_nn("gru", input, hx, None, weights, backend, zoneout)
+    if stepped is not None:
+        return stepped[0]
+    return gru(input.unsqueeze(0), hx, *weights, backend=backend, zoneout=zoneout, training=training)[1]
 
 
 def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", backend="auto"):
-    """One Elman RNN step: input (B, I), hx (B, H) or None; returns h'."""
-    return rnn(
-        input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity, backend=backend
-    )[1]
+    """One Elman RNN step: input (B, I), hx (B, H) or None; returns h'. On "torch" (what "auto" picks on CPU) torch's
+    own torch.rnn_tanh_cell / rnn_relu_cell."""
+    weights = (weight_ih, weight_hh, bias_ih, bias_hh)
+    if nonlinearity in ("tanh", "relu"):
+        stepped = _step_on_torch_nn(f"rnn_{nonlinearity}", input, hx, None, weights, backend, 0.0)
+        if stepped is not None:
+            return stepped[0]
+    return rnn(input.unsqueeze(0), hx, *weights, nonlinearity=nonlinearity, backend=backend)[1]
+
+
+def _step_on_torch_nn(cell, input, h, c, weights, backend, zoneout):
+    """step_on_torch_nn for a functional cell whose input and states need no named error (checked here; the weights
+    are checked there); None otherwise, and the caller's sequence of one step names what is wrong."""
+    weight_hh = weights[1]
+    if not (
+        isinstance(input, Tensor)
+        and input.dim() == 2
+        and input.shape[0] > 0
+        and input.is_floating_point()
+        and isinstance(weight_hh, Tensor)
+        and weight_hh.dim() == 2
+    ):
+        return None
+    shape = (input.shape[0], weight_hh.shape[1])
+    for state in (h, c):
+        if state is not None and not (
+            isinstance(state, Tensor)
+            and state.shape == shape
+            and state.dtype == input.dtype
+            and state.device == input.device
+        ):
+            return None
+    return step_on_torch_nn(cell, input, h, c, weights, backend, zoneout)
 
 
 def _pair(hx):

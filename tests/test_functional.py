@@ -219,3 +219,68 @@ def test_auto_serves_what_is_too_large_for_triton(monkeypatch):
     cuda = torch.device("cuda")
     assert resolve("auto", cuda, torch.float32) == "triton"
     assert resolve("auto", cuda, torch.float32, offsets_fit_32_bits=False) == "reference"
+
+
+FUNCTIONAL_CELLS = {
+    "lstm": (nn.LSTMCell, {}),
+    "gru": (nn.GRUCell, {}),
+    "rnn_tanh": (nn.RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_relu": (nn.RNNCell, {"nonlinearity": "relu"}),
+}
+
+
+def _functional_cell(cell, x, hx, torch_cell, backend):
+    weights = (torch_cell.weight_ih, torch_cell.weight_hh, torch_cell.bias_ih, torch_cell.bias_hh)
+    if cell == "lstm":
+        return list(functional.lstm_cell(x, hx, *weights, backend=backend))
+    if cell == "gru":
+        return [functional.gru_cell(x, hx, *weights, backend=backend)]
+    return [functional.rnn_cell(x, hx, *weights, nonlinearity=cell[4:], backend=backend)]
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference", "triton"])
+@pytest.mark.parametrize("cell", list(FUNCTIONAL_CELLS))
+def test_functional_cells_match_torch_nn_cells(cell, backend):
+    """functional.lstm_cell/gru_cell/rnn_cell against torch.nn's cells in float64: outputs and the gradients of the
+    input, the state and every weight, with a state and without."""
+    if backend == "triton" and not TRITON_INTERPRETER and not torch.cuda.is_available():
+        pytest.skip("the Triton kernels need a GPU or the interpreter")
+    device = DEVICE if backend == "triton" else torch.device("cpu")
+    torch_class, extra = FUNCTIONAL_CELLS[cell]
+    torch_cell = torch_class(4, 5, dtype=torch.float64, device=device, **extra)
+    for with_hx in (True, False):
+        x = torch.randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
+        state = lambda: torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True)
+        hx = ((state(), state()) if cell == "lstm" else state()) if with_hx else None
+        leaves = [x, *([hx] if isinstance(hx, torch.Tensor) else hx or []), *torch_cell.parameters()]
+        expected = torch_cell(x, hx)
+        expected = list(expected) if isinstance(expected, tuple) else [expected]
+        ours = _functional_cell(cell, x, hx, torch_cell, backend)
+        for index, (e, o) in enumerate(zip(expected, ours, strict=True)):
+            assert_close(f"{cell} {backend} hx={with_hx} output {index}", e, o, *TOLERANCE[torch.float64])
+        weights = [torch.randn_like(e) for e in expected]
+        expected_grads = torch.autograd.grad(sum((e * w).sum() for e, w in zip(expected, weights)), leaves)
+        our_grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ours, weights)), leaves)
+        for index, (e, o) in enumerate(zip(expected_grads, our_grads, strict=True)):
+            assert_close(f"{cell} {backend} hx={with_hx} grad {index}", e, o, *TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("cell", list(FUNCTIONAL_CELLS))
+def test_functional_cells_on_auto_run_torchs_cell_op_on_cpu(cell):
+    """On CPU "auto" steps a functional cell on torch's own cell op (aten::lstm_cell, ...), as torch.nn's cells do,
+    not on a sequence of one step."""
+    torch_class, extra = FUNCTIONAL_CELLS[cell]
+    torch_cell = torch_class(4, 5, **extra)
+    x = torch.randn(3, 4)
+    with torch.profiler.profile() as profile:
+        _functional_cell(cell, x, None, torch_cell, "auto")
+    ops = {event.key for event in profile.key_averages()}
+    assert f"aten::{cell}_cell" in ops and not ops & {"aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu"}
+
+
+def test_functional_cells_still_name_a_bad_state():
+    weights = [w.detach() for w in layer_weights("lstm", 4, 5)[:4]]
+    x = torch.randn(3, 4, dtype=weights[0].dtype)
+    bad = torch.zeros(2, 5, dtype=weights[0].dtype)
+    with pytest.raises(ValueError, match="h0 must have shape"):
+        functional.lstm_cell(x, (bad, bad), *weights)
