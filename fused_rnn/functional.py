@@ -182,7 +182,6 @@ def _step_on_torch_nn(cell, input, h, c, weights, backend, zoneout):
     if not (
         isinstance(input, Tensor)
         and input.dim() == 2
-        and input.shape[0] > 0
         and input.is_floating_point()
         and isinstance(weight_hh, Tensor)
         and weight_hh.dim() == 2
@@ -398,7 +397,11 @@ def step_on_torch_nn(
         weights: (weight_ih, weight_hh, bias_ih, bias_hh), biases None when absent.
         verdicts: as layers_on_torch_nn's (a cell module's own dict).
     """
-    if backend not in ("auto", "torch") or (zoneout and any(checked_zoneout(zoneout, cell))):
+    if (
+        backend not in ("auto", "torch")
+        or (zoneout and any(checked_zoneout(zoneout, cell)))
+        or input.shape[0] == 0  # refused by name on the sequence path, as the layers refuse it
+    ):
         return None
     spec = CELLS[cell]
     flat = [w for w in weights if w is not None]

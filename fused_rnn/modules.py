@@ -93,7 +93,17 @@ def _remembered_verdicts(module, input, dim: int) -> dict | None:
     return verdicts
 
 
-class _FusedRNNBase:
+class _RemembersVerdicts:
+    """Drops the torch.nn-route verdicts from a copy or a pickle: they name the weights' storage by address, which a
+    copy or another process does not share."""
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop(_VERDICTS, None)
+        return state
+
+
+class _FusedRNNBase(_RemembersVerdicts):
     """forward() for the multi-layer modules; mixed into subclasses of torch.nn.RNNBase."""
 
     zoneout = 0.0
@@ -103,12 +113,6 @@ class _FusedRNNBase:
 
     def extra_repr(self) -> str:
         return super().extra_repr() + _repr_options(self)
-
-    def __getstate__(self):
-        # The verdicts name the weights' storage by address, which a copy or another process does not share.
-        state = super().__getstate__()
-        state.pop(_VERDICTS, None)
-        return state
 
     def _layer_weights(self, layer: int, reverse: bool):
         suffix = f"_l{layer}{'_reverse' if reverse else ''}"
@@ -157,7 +161,7 @@ class _FusedRNNBase:
         packed = isinstance(input, PackedSequence)
         rows = input.data if packed else input
         verdicts = _remembered_verdicts(self, rows, 2 if packed else 3)
-        if verdicts is None:
+        if verdicts is None or rows.numel() == 0:  # the general path names what is empty
             return None
         parameters = self._parameters
         weights = [parameters.get(name) for name in self._flat_weights_names]
@@ -349,7 +353,7 @@ class RNN(_FusedRNNBase, nn.RNNBase):
         return f"rnn_{self.nonlinearity}"
 
 
-class _FusedCellBase:
+class _FusedCellBase(_RemembersVerdicts):
     """forward() for the cells; mixed into subclasses of torch.nn.RNNCellBase."""
 
     zoneout = 0.0
@@ -430,16 +434,18 @@ class _FusedCellBase:
         cell = self._cell()
         if hx is None:
             h = c = None
+            given = ()
         elif cell != "lstm":
             h, c = hx, None
+            given = (h,)
         elif isinstance(hx, (tuple, list)) and len(hx) == 2:
-            h, c = hx
+            h, c = given = hx
         else:
             return None
         shape = (input.shape[0], self.hidden_size)
         dtype, device = input.dtype, input.device
-        for state in (h, c):  # what the general path checks, without naming what does not fit
-            if state is not None and (
+        for state in given:  # what the general path checks, without naming what does not fit
+            if (
                 type(state) is not torch.Tensor
                 or state.shape != shape
                 or state.dtype != dtype

@@ -406,8 +406,8 @@ def test_a_remembered_cell_runs_on_the_tensors_put_in_place_of_its_weights(repla
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_cell_on_the_remembered_route_still_refuses_bad_states_and_checks_new_weights(cell):
-    """After a remembered step, a bad hx still raises the general path's named errors, and weights with new
-    storage are checked again."""
+    """After a remembered step, a bad hx (a None inside the LSTM's pair included) and an empty batch still raise the
+    general path's named errors, copies do not carry the verdicts, and weights with new storage are checked again."""
     _, fused_cell = _cell_pair(cell)
     x = torch.randn(3, 4, dtype=torch.float64)
     state = torch.zeros(3, 7, dtype=torch.float64)
@@ -426,6 +426,14 @@ def test_a_cell_on_the_remembered_route_still_refuses_bad_states_and_checks_new_
     for hx, error, message in cases:
         with pytest.raises(error, match=message):
             fused_cell(x, hx)
+    if cell == "lstm":  # a None inside hx is not the zero state
+        for hx, name in [((state, None), "hx\\[1\\]"), ((None, state), "hx\\[0\\]")]:
+            with pytest.raises(TypeError, match=f"{name} must be a Tensor, got NoneType"):
+                fused_cell(x, hx)
+    with pytest.raises(ValueError, match="at least one time step and one batch entry"):
+        fused_cell(x[:0])
+    assert "_torch_nn_verdicts" not in copy.deepcopy(fused_cell).__dict__
+    assert "_torch_nn_verdicts" not in fused_cell.__getstate__()
     fused_cell.weight_hh.data = torch.zeros(5, 7, dtype=torch.float64)
     with pytest.raises(ValueError, match="weight_hh"):
         fused_cell(x)
@@ -770,5 +778,9 @@ def test_the_torch_nn_route_checks_weights_again_when_their_storage_changes():
     layer.bias_hh_l0.data = torch.zeros(5, dtype=torch.float64)
     with pytest.raises(ValueError, match="bias_hh must be \\(20,\\), got shape \\(5,\\)"):
         layer(x.double())
+    layer.bias_hh_l0.data = torch.zeros(20, dtype=torch.float64)
+    layer(x.double())
+    with pytest.raises(ValueError, match="at least one time step"):  # a remembered batch, no steps
+        layer(x.double()[:0])
     assert "_torch_nn_verdicts" not in copy.deepcopy(layer).__dict__
     assert "_torch_nn_verdicts" not in layer.__getstate__()
