@@ -187,16 +187,20 @@ def _step_on_torch_nn(cell, input, h, c, weights, backend, zoneout):
         and weight_hh.dim() == 2
     ):
         return None
-    shape = (input.shape[0], weight_hh.shape[1])
-    for state in (h, c):
-        if state is not None and not (
-            isinstance(state, Tensor)
-            and state.shape == shape
-            and state.dtype == input.dtype
-            and state.device == input.device
-        ):
-            return None
+    if not states_fit([s for s in (h, c) if s is not None], input, weight_hh.shape[1]):
+        return None
     return step_on_torch_nn(cell, input, h, c, weights, backend, zoneout)
+
+
+def states_fit(states, input, hidden) -> bool:
+    """Whether every state is a plain (B, hidden) tensor of the (B, ·) input's dtype and device: what checked_state
+    accepts, asked without raising, for the routes that skip the general path (which names what does not fit)."""
+    shape = (input.shape[0], hidden)
+    dtype, device = input.dtype, input.device
+    for state in states:
+        if type(state) is not Tensor or state.shape != shape or state.dtype != dtype or state.device != device:
+            return False
+    return True
 
 
 def _pair(hx):

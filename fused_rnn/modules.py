@@ -72,7 +72,7 @@ def _repr_options(module) -> str:
     return options
 
 
-# The module attribute in which functional.layers_on_torch_nn remembers its verdicts between calls.
+# The module attribute in which functional.layers_on_torch_nn and step_on_torch_nn remember their verdicts.
 _VERDICTS = "_torch_nn_verdicts"
 
 
@@ -442,16 +442,8 @@ class _FusedCellBase(_RemembersVerdicts):
             h, c = given = hx
         else:
             return None
-        shape = (input.shape[0], self.hidden_size)
-        dtype, device = input.dtype, input.device
-        for state in given:  # what the general path checks, without naming what does not fit
-            if (
-                type(state) is not torch.Tensor
-                or state.shape != shape
-                or state.dtype != dtype
-                or state.device != device
-            ):
-                return None
+        if not functional.states_fit(given, input, self.hidden_size):
+            return None
         flat = weights if self.bias else weights[:2]
         grads = torch.is_grad_enabled() and (
             input.requires_grad
