@@ -217,8 +217,13 @@ def test_auto_serves_what_is_too_large_for_triton(monkeypatch):
     """Where Triton runs (a GPU), "auto" passes a batch too large for its offsets on to a backend that can serve it."""
     monkeypatch.setattr(backends, "_triton_unavailable", lambda device: None)
     cuda = torch.device("cuda")
-    assert resolve("auto", cuda, torch.float32) == "triton"
-    assert resolve("auto", cuda, torch.float32, offsets_fit_32_bits=False) == "reference"
+    zoned = backends.Workload("gru", 4, packed=False, training=True, hidden=8, zoneout=True)  # torch.nn has none
+    assert resolve("auto", cuda, torch.float32, workload=zoned) == "triton"
+    assert resolve("auto", cuda, torch.float32, offsets_fit_32_bits=False, workload=zoned) == "reference"
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)  # keeps cuDNN's RNN out
+    plain = zoned._replace(zoneout=False)
+    assert resolve("auto", cuda, torch.float32, workload=plain) == "triton"
+    assert resolve("auto", cuda, torch.float32, offsets_fit_32_bits=False, workload=plain) == "reference"
 
 
 FUNCTIONAL_CELLS = {

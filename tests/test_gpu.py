@@ -109,9 +109,11 @@ def test_cuda_move_and_auto_backend():
     assert output.is_cuda and h_n.shape == c_n.shape == (1, 2, 16)
 
 
-def test_torch_compile_fullgraph_on_gpu():
+@pytest.mark.parametrize("backend", ["auto", "triton"])  # auto: cuDNN's op traced into the graph
+@pytest.mark.parametrize("layer", [fused_rnn.GRU, fused_rnn.LSTM], ids=["gru", "lstm"])
+def test_torch_compile_fullgraph_on_gpu(layer, backend):
     torch._dynamo.reset()
-    module = fused_rnn.GRU(16, 32, num_layers=2, device="cuda")
+    module = layer(16, 32, num_layers=2, device="cuda", backend=backend)
     x = torch.randn(10, 4, 16, device="cuda")
     eager = outputs_and_grads(module, x, None)
     compiled = outputs_and_grads(torch.compile(module, fullgraph=True), x, None)

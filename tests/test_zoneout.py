@@ -23,7 +23,7 @@ SHAPES = [  # T, B, I, H
 ]
 
 
-def leaves(cell, steps, batch, input_size, hidden, *, rows=None, dtype=torch.float64):
+def leaves(cell, steps, batch, input_size, hidden, *, rows=None, dtype=torch.float64, device=DEVICE):
     """(x, h0, c0 or None, weight_ih, weight_hh, bias_ih, bias_hh) requiring grad."""
     gates = GATES[cell]
     make = lambda *shape: torch.randn(shape, dtype=torch.float64)
@@ -38,7 +38,7 @@ def leaves(cell, steps, batch, input_size, hidden, *, rows=None, dtype=torch.flo
         make(gates * hidden) * 0.5,
         make(gates * hidden) * 0.5,
     ]
-    return [t.to(dtype=dtype, device=DEVICE).requires_grad_() if t is not None else None for t in tensors]
+    return [t.to(dtype=dtype, device=device).requires_grad_() if t is not None else None for t in tensors]
 
 
 def probabilities(cell, zoneout):
@@ -118,19 +118,26 @@ def assert_match(expected, actual, dtype, atol=None, rtol=None):
         assert_close(f"grad {name}", r, o, atol, rtol)
 
 
+def plain_loop_and_reference(cell, training, steps, batch, input_size, hidden, device, batch_sizes=None):
+    """The plain loop's and the reference's outputs and gradients for the same leaves and masks on `device`
+    (padded (steps, batch) input, or packed rows of `batch_sizes`)."""
+    rows = sum(batch_sizes) if batch_sizes is not None else None
+    tensors = leaves(cell, steps, batch, input_size, hidden, rows=rows, device=device)
+    torch.manual_seed(5)
+    num_rows = rows if rows is not None else steps * batch
+    masks = masks_as_the_docstring_says(cell, ZONEOUT[cell], num_rows, hidden, training, device=device)
+    expected = plain_loop(cell, *tensors, masks, batch_sizes)
+    layout = {"batch_sizes": batch_sizes} if batch_sizes is not None else {}
+    ours = outputs_and_gradients("reference", cell, tensors, training=training, seed=5, **layout)
+    return (expected, gradients(expected, tensors)), ours
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("steps, batch, input_size, hidden", SHAPES)
 def test_reference_matches_the_plain_loop(steps, batch, input_size, hidden, cell, training):
-    tensors = leaves(cell, steps, batch, input_size, hidden)
-    torch.manual_seed(5)
-    masks = masks_as_the_docstring_says(cell, ZONEOUT[cell], steps * batch, hidden, training, device=DEVICE)
-    expected = plain_loop(cell, *tensors, masks)
-    assert_match(
-        (expected, gradients(expected, tensors)),
-        outputs_and_gradients("reference", cell, tensors, training=training, seed=5),
-        torch.float64,
-    )
+    expected, ours = plain_loop_and_reference(cell, training, steps, batch, input_size, hidden, DEVICE)
+    assert_match(expected, ours, torch.float64)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -138,15 +145,25 @@ def test_reference_matches_the_plain_loop(steps, batch, input_size, hidden, cell
 def test_reference_matches_the_plain_loop_on_packed_rows(cell, training):
     lengths = [5, 3, 3, 1]
     batch_sizes = packed_batch_sizes(lengths)
-    tensors = leaves(cell, None, len(lengths), 3, 6, rows=sum(lengths))
-    torch.manual_seed(2)
-    masks = masks_as_the_docstring_says(cell, ZONEOUT[cell], sum(lengths), 6, training, device=DEVICE)
-    expected = plain_loop(cell, *tensors, masks, batch_sizes)
-    assert_match(
-        (expected, gradients(expected, tensors)),
-        outputs_and_gradients("reference", cell, tensors, training=training, seed=2, batch_sizes=batch_sizes),
-        torch.float64,
-    )
+    expected, ours = plain_loop_and_reference(cell, training, None, len(lengths), 3, 6, DEVICE, batch_sizes)
+    assert_match(expected, ours, torch.float64)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_the_plain_loop_comparison_keeps_every_tensor_on_the_layers_device(training, packed):
+    """On the first GPU run every test_reference_matches_the_plain_loop* case failed on CUDA, in training and in
+    evaluation: the test drew its masks on the CPU while the layer's tensors were on the GPU, and CUDA refuses to mix
+    them. The meta device refuses the same mix, so the same comparison run there on a CPU machine shows a tensor made
+    on the wrong device (the numbers are not computed on meta; the CUDA and CPU runs compare those)."""
+    meta = torch.device("meta")
+    batch_sizes = packed_batch_sizes([4, 2, 1]) if packed else None
+    for cell in ("lstm", "gru"):
+        (expected, expected_grads), (ours, our_grads) = plain_loop_and_reference(
+            cell, training, None if packed else 3, 3, 2, 5, meta, batch_sizes
+        )
+        computed = [t for t in (*expected, *expected_grads, *ours, *our_grads) if t is not None]
+        assert computed and all(t.device == meta for t in computed)
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@
   (fused_rnn.backends.persistent); LSTM and GRU without projection, float16, bfloat16, float32, where the capacity
   model says the weights fit the GPU's shared memory.
 
-"auto" picks, on CUDA, what the committed GPU results (benchmarks/results/nvidia-h200.md) show fastest: "persistent"
-for the LSTM at batch 1, hidden 512 on Hopper; "torch" (cuDNN) for the other LSTMs without proj_size, unless
-torch.use_deterministic_algorithms(True) is on (cuDNN's RNN is not reproducible everywhere); "triton" for
-the cells not yet measured on a GPU (GRU, Elman RNN, projected LSTM; the reference where Triton cannot run).
+"auto" runs, on CUDA, torch.nn's own kernels ("torch", cuDNN) wherever they serve the call, except where the committed
+GPU results (benchmarks/results/nvidia-h200.md) show another backend faster: "persistent" for the LSTM at batch <= 8,
+hidden <= 512 on Hopper (CUDA_PERSISTENT_FASTER); with torch.use_deterministic_algorithms(True) (cuDNN's RNN is not
+reproducible everywhere) a sequence runs on "triton" (the reference where Triton cannot run).
 cuDNN's backward, as torch.nn's, cannot itself be differentiated: for double backward on CUDA pass a fused backend.
 On CPU "auto" picks "cpu" for the shapes where the committed measurements (benchmarks/results/cpu_native/cpu.md,
 cpu_inference.md) show it faster than torch.nn, else "torch", which on CPU is 2-18x faster than the reference
@@ -133,36 +133,59 @@ NATIVE_CPU_FASTEST_BATCH = {
 NATIVE_CPU_LSTM_INFERENCE_MIN_HIDDEN = 512
 
 
-# "auto" on CUDA follows the committed GPU results (benchmarks/results/nvidia-h200.md: H200, torch 2.11.0+cu130 with
-# cuDNN 9.19, triton 3.6.0), where the GPU tests passed for every backend. (cell, batch, hidden) where "persistent"
-# took 0.22-0.47x torch.nn's time in every dtype and mode (B=1 T=1024 H=512); at B=16 H=768 it took 0.98-1.32x and at
-# B=64-256 5-18x. Measured on Hopper (compute capability 9.0) only.
-CUDA_PERSISTENT_MEASURED_FASTER = {("lstm", 1, 512)}
-CUDA_PERSISTENT_MEASURED_CAPABILITY = (9, 0)
-# Cells for which torch.nn's cuDNN kernels ("torch") ran faster than "triton" (3-20x), "cuda" (0.95-13x) and
-# "persistent" (outside the shapes above) in every committed GPU case (8 LSTM configs without proj_size, fp32, bf16,
-# fp16, forward and training). The GRU, the Elman RNN and the projected LSTM have no GPU figures yet: "auto" keeps
-# "triton" for them.
-CUDA_TORCH_MEASURED_FASTER = {"lstm"}
+class PersistentRange(NamedTuple):
+    """Calls "auto" runs on "persistent" on CUDA: `cell` without a projection, batch <= max_batch, hidden <= max_hidden,
+    on a GPU of compute capability `capability`; `measured` names the committed configs the range stands on."""
+
+    cell: str
+    max_batch: int
+    max_hidden: int
+    capability: tuple[int, int]
+    measured: tuple[str, ...]
+
+
+# "auto" on CUDA runs torch.nn's own kernels (cuDNN) wherever they serve the call, except where the committed GPU
+# results (benchmarks/results/nvidia-h200.json: H200, torch 2.11.0+cu130 with cuDNN 9.19, triton 3.6.0) show another
+# backend faster for that class of shapes. There "persistent" took 0.22-0.47x cuDNN's time for the LSTM at B=1 T=1024
+# H=512 in every dtype and mode, 0.98-1.32x at B=16 H=768 and 5-18x at B=64-256; "triton" took 2.7-20x and "cuda"
+# 0.95-13x everywhere. The range reaches up to batch 8 because the persistent kernel computes one whole tile of
+# kBatchTile = 8 rows per step for any batch up to 8 (csrc/persistent/forward.cu: rows past the batch are zeros), so
+# its step costs what it cost at batch 1 plus one warp reduction per extra row; and down from hidden 512 because each
+# CTA then owns fewer rows of W_hh for the same one grid barrier per step. Not fp16 at batch 8: there cuDNN runs its
+# own persistent algorithm (fp16 only, batch a multiple of 8), which was not measured against ours.
+CUDA_PERSISTENT_FASTER = (
+    PersistentRange("lstm", max_batch=8, max_hidden=512, capability=(9, 0), measured=("b1_t1024_h512",)),
+)
+
+
+def _persistent_measured_faster(device: torch.device, dtype: torch.dtype, workload: Workload) -> bool:
+    if workload.projected or workload.single_step:  # measured on sequences of 1024 steps, not on one cell step
+        return False
+    if dtype == torch.float16 and workload.batch % 8 == 0:
+        return False
+    ranges = [
+        r
+        for r in CUDA_PERSISTENT_FASTER
+        if workload.cell == r.cell and workload.batch <= r.max_batch and workload.hidden <= r.max_hidden
+    ]
+    return (
+        bool(ranges)
+        and _native_cuda_unavailable(device, dtype) is None
+        and torch.cuda.get_device_capability(device) in [r.capability for r in ranges]
+        and _persistent_unavailable(device, dtype, workload) is None
+    )
 
 
 def _cuda_auto(device: torch.device, dtype: torch.dtype, workload: Workload | None, triton_reason: str | None) -> str:
-    """What "auto" runs on CUDA: "persistent" or "torch" where the committed GPU results show it the fastest, else
-    "triton" (the reference where Triton cannot run)."""
-    if workload is not None and not workload.projected:
-        shape = (workload.cell, workload.batch, workload.hidden)
-        if (
-            shape in CUDA_PERSISTENT_MEASURED_FASTER
-            and not workload.single_step  # measured on sequences of 1024 steps, not on one cell step
-            and _native_cuda_unavailable(device, dtype) is None
-            and _persistent_unavailable(device, dtype, workload) is None
-            and torch.cuda.get_device_capability(device) == CUDA_PERSISTENT_MEASURED_CAPABILITY
-        ):
-            return "persistent"
-        # cuDNN's RNN is not bit-reproducible on every cuDNN and CUDA version (torch.nn.LSTM's documentation); the
-        # fused backends use no atomics, so a call that asks for deterministic algorithms keeps them.
-        if workload.cell in CUDA_TORCH_MEASURED_FASTER and not torch.are_deterministic_algorithms_enabled():
-            return "torch"
+    """What "auto" runs on CUDA: "persistent" where the committed GPU results show it faster than cuDNN, else torch.nn's
+    own kernels ("torch"); with torch.use_deterministic_algorithms(True) a sequence runs on "triton" (the reference
+    where Triton cannot run), since cuDNN's RNN is not bit-reproducible on every cuDNN and CUDA version (torch.nn.LSTM's
+    documentation) and the fused backends use no atomics. A cell module's step stays on torch's cell op
+    (torch.lstm_cell, ...: cuBLAS GEMMs and a pointwise kernel, not cuDNN's RNN) in either case."""
+    if workload is not None and _persistent_measured_faster(device, dtype, workload):
+        return "persistent"
+    if not torch.are_deterministic_algorithms_enabled() or (workload is not None and workload.single_step):
+        return "torch"
     return "triton" if triton_reason is None else "reference"
 
 

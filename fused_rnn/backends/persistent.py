@@ -11,7 +11,7 @@ plan_backward says it fits; elsewhere it runs the compiled CUDA driver's step lo
 
 Run on an H200 (benchmarks/results/nvidia-h200.md): matches cuDNN in the GPU tests, 0.22-0.47x cuDNN's time for the
 LSTM at B=1 T=1024 H=512, slower at B >= 16; "auto" picks it only where it was measured fastest
-(fused_rnn.backends.CUDA_PERSISTENT_MEASURED_FASTER).
+(fused_rnn.backends.CUDA_PERSISTENT_FASTER).
 """
 
 import functools
