@@ -784,3 +784,63 @@ def test_the_torch_nn_route_checks_weights_again_when_their_storage_changes():
         layer(x.double()[:0])
     assert "_torch_nn_verdicts" not in copy.deepcopy(layer).__dict__
     assert "_torch_nn_verdicts" not in layer.__getstate__()
+
+
+@pytest.mark.parametrize(
+    "make_module, x",
+    [
+        (lambda: fused_rnn.LSTM(4, 8), torch.randn(5, 2, 4)),
+        (lambda: fused_rnn.GRU(4, 8, backend="torch"), pack_padded_sequence(torch.randn(5, 3, 4), [5, 3, 2])),
+        (lambda: fused_rnn.LSTMCell(4, 8), torch.randn(2, 4)),
+    ],
+    ids=["lstm-padded", "gru-packed", "lstm-cell"],
+)
+def test_a_module_on_the_remembered_route_still_refuses_another_input_width(make_module, x):
+    """After calls on the remembered torch.nn route, an input of another feature size raises the general path's named
+    error: torch.nn's CPU op does not check the width, and would read past the weights' end."""
+    module = make_module()
+    module(x)
+    module(x)
+    assert any(module.__dict__["_torch_nn_verdicts"].values())
+    for width in (6, 2):
+        data = x.data if isinstance(x, PackedSequence) else x
+        wrong = data.new_ones(*data.shape[:-1], width)
+        wrong = x._replace(data=wrong) if isinstance(x, PackedSequence) else wrong
+        with pytest.raises(ValueError, match=f"input_size. Expected 4, got {width}"):
+            module(wrong)
+
+
+def _recurrent_ops(module, x) -> set[str]:
+    """The recurrent ops (torch.nn's or fused_rnn's compiled one) that one inference call of `module` runs."""
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        module(x)
+    recurrent = {"aten::lstm", "fused_rnn_native::sequence_forward"}
+    return {event.key for event in profile.key_averages()} & recurrent
+
+
+def test_a_packed_call_after_a_padded_one_runs_what_a_fresh_module_runs():
+    """The remembered verdict is per input form: on "auto" on CPU a padded LSTM call at batch 2 runs on torch.nn's op
+    and a packed one on the compiled kernels ("cpu": 0.35-0.40x torch.nn's time there); a module that ran padded input
+    before must not run the packed call on the padded call's route."""
+    if fused_rnn.backends.native_cpu_unavailable(torch.device("cpu"), torch.float32) is not None:
+        pytest.skip("without the compiled kernels every call runs on torch.nn's op")
+    padded = torch.randn(5, 2, 3)
+    packed = pack_padded_sequence(padded, [5, 3])
+    torch.manual_seed(0)
+    fresh_padded, fresh_packed = (_recurrent_ops(fused_rnn.LSTM(3, 4), x) for x in (padded, packed))
+    assert fresh_padded == {"aten::lstm"} and fresh_packed == {"fused_rnn_native::sequence_forward"}
+    layer = fused_rnn.LSTM(3, 4)
+    assert _recurrent_ops(layer, padded) == _recurrent_ops(layer, padded) == fresh_padded  # the second remembered
+    assert _recurrent_ops(layer, packed) == fresh_packed
+    assert _recurrent_ops(layer, padded) == fresh_padded
+
+
+def test_the_remembered_verdicts_stay_bounded():
+    """A verdict per batch size: ragged inference over 40 batch sizes keeps at most 16 (the whole set is dropped when
+    full), for the layers and the cells."""
+    layer, cell = fused_rnn.GRU(2, 3, backend="torch"), fused_rnn.GRUCell(2, 3)
+    for batch in range(1, 41):
+        layer(torch.randn(1, batch, 2))
+        cell(torch.randn(batch, 2))
+    for module in (layer, cell):
+        assert 0 < len(module.__dict__["_torch_nn_verdicts"]) <= 16
