@@ -256,6 +256,23 @@ def test_projected_lstm_on_packed_rows_matches_the_plain_loop(backend, reverse):
     )
 
 
+@pytest.mark.parametrize("backend", ["auto", "triton", "reference"])
+def test_projected_module_matches_the_plain_loop(backend):
+    """fused_rnn.LSTM(proj_size=3, zoneout=) in training: h zoned after the projection (3 units), c over its 5, with
+    the masks drawn as the docstring says; output and both final states."""
+    layer = fused_rnn.LSTM(4, 5, proj_size=3, zoneout=ZONEOUT["lstm"], backend=backend).double().to(DEVICE)
+    x = torch.randn(2, 3, 4, dtype=torch.float64, device=DEVICE)
+    torch.manual_seed(4)
+    output, (h_n, c_n) = layer(x)
+    torch.manual_seed(4)
+    masks = masks_as_the_docstring_says("lstm", ZONEOUT["lstm"], 6, 5, True, hidden_out=3, device=DEVICE)
+    weights = [getattr(layer, f"{name}_l0") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
+    zeros = [torch.zeros(3, width, dtype=torch.float64, device=DEVICE) for width in (3, 5)]
+    expected = plain_loop("lstm", x, *zeros, *weights[:4], masks, weight_hr=weights[4])
+    for name, e, o in zip(["output", "h_n", "c_n"], expected, (output, h_n[0], c_n[0]), strict=True):
+        assert_close(name, e, o, *TOLERANCE[torch.float64])
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_projected_module_bidirectional_two_layers_on_unsorted_packed_input_matches_the_plain_loop(training):
     """fused_rnn.LSTM(proj_size=, zoneout=) on Triton against the plain loop run per layer and direction, with the
@@ -453,6 +470,25 @@ def test_module_eval_is_the_expectation(cell):
     assert not torch.equal(output, layer(x)[0])
 
 
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell"])
+def test_cell_eval_is_the_expectation(cell):
+    """cell.eval(): two steps from the same state agree, and equal the plain loop's step with d = p."""
+    zoneout = (0.2, 0.7) if cell == "LSTMCell" else 0.35
+    step = getattr(fused_rnn, cell)(3, 5, zoneout=zoneout).double().eval()
+    name = cell[:-4].lower()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    states = [torch.randn(2, 5, dtype=torch.float64) for _ in range(2 if name == "lstm" else 1)]
+    hx = tuple(states) if name == "lstm" else states[0]
+    first, second = step(x, hx), step(x, hx)
+    first, second = (list(s) if name == "lstm" else [s] for s in (first, second))
+    masks = masks_as_the_docstring_says(name, zoneout, 2, 5, training=False)
+    weights = [getattr(step, w) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    _, *expected = plain_loop(name, x.unsqueeze(0), *states, *([] if name == "lstm" else [None]), *weights, masks)
+    for index, (e, a, b) in enumerate(zip(expected, first, second)):
+        assert torch.equal(a, b), f"state {index}: two eval steps differ"
+        assert_close(f"state {index}", e, a, *TOLERANCE[torch.float64])
+
+
 def test_zoneout_zero_runs_exactly_what_runs_without_it():
     torch.manual_seed(0)
     plain = fused_rnn.LSTM(3, 6, num_layers=2)
@@ -570,9 +606,6 @@ def test_bad_input_is_rejected_with_named_errors():
             fused_rnn.GRU(4, 5, zoneout=0.1, backend=backend)(x)
     with pytest.raises(ValueError, match="backend='cpu' cannot run this zoneout call: dtype torch.bfloat16"):
         fused_rnn.GRU(4, 5, zoneout=0.1, backend="cpu").bfloat16()(x.bfloat16())
-    for backend in ("auto", "triton", "reference"):  # h is zoned after the projection: P units
-        output, (h_n, c_n) = fused_rnn.LSTM(4, 5, proj_size=3, zoneout=0.1, backend=backend).to(DEVICE)(x.to(DEVICE))
-        assert output.shape == (2, 3, 3) and h_n.shape == (1, 3, 3) and c_n.shape == (1, 3, 5)
     with pytest.raises(ValueError, match="torch.nn.LSTM has no zoneout"):
         fused_rnn.to_torch(fused_rnn.LSTM(4, 5, zoneout=0.1))
     assert isinstance(fused_rnn.to_torch(fused_rnn.LSTM(4, 5, zoneout=0.0)), torch.nn.LSTM)
