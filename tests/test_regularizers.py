@@ -102,6 +102,18 @@ def test_locked_dropout_shares_one_mask_per_sequence_across_steps(batch_first):
     assert locked(x) is x
 
 
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_locked_dropout_keeps_a_feature_with_probability_one_minus_p_scaled_by_its_inverse(p):
+    """Away from p = 0.5, where keeping with p or 1 - p looks alike: the kept fraction is within 5 sigma of 1 - p, and
+    a kept feature is scaled by 1 / (1 - p)."""
+    x = torch.rand(2, 400, 50, dtype=torch.float64) + 1
+    y = fused_rnn.LockedDropout(p=p)(x)
+    kept = y[0] != 0
+    fraction = kept.double().mean().item()
+    assert abs(fraction - (1 - p)) < 5 * (p * (1 - p) / kept.numel()) ** 0.5, fraction
+    assert_close("kept features", x[:, kept] / (1 - p), y[:, kept], 0, 1e-15)
+
+
 def test_locked_dropout_gives_packed_sequences_the_mask_of_the_padded_batch():
     """Per sequence, the same mask whether the batch arrives padded or packed (sorted by length)."""
     lengths = torch.tensor([2, 5, 3])
