@@ -370,6 +370,34 @@ def test_module_batch_first_unbatched_and_cell_agree_with_the_plain_loop(cell):
         assert_close("unbatched cell", e[1], o, atol, rtol)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_between_layers_in_training_only(cell):
+    """Three layers with dropout: in training each layer's output but the last's is dropped as F.dropout drops it
+    (the same masks from the same seed); in eval nothing is. Against the plain loop run layer by layer."""
+    kind = fused_rnn.LayerNormLSTM if cell == "lstm" else fused_rnn.LayerNormGRU
+    layer = kind(3, 4, num_layers=3, dropout=0.4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    zeros = [torch.zeros(2, 4, dtype=torch.float64)] * (2 if cell == "lstm" else 1)
+
+    def expected(training):
+        # The masks the layer draws after manual_seed(7), drawn here first: the oracle may use the generator too.
+        torch.manual_seed(7)
+        masks = [F.dropout(torch.ones(5, 2, 4, dtype=torch.float64), 0.4, training=training) for _ in range(2)]
+        y = x
+        for k in range(3):
+            y, *_ = plain_loop(cell, y, *zeros, *layer_weights(layer, k, ""))
+            if k < 2:
+                y = y * masks[k]
+        return y
+
+    atol, rtol = TOLERANCE[torch.float64]
+    for training in (True, False):
+        layer.train(training)
+        torch.manual_seed(7)
+        output, _ = layer(x)
+        assert_close(f"output, training={training}", expected(training), output, atol, rtol)
+
+
 def test_parameters_state_dict_and_init():
     torch.manual_seed(0)
     layer = fused_rnn.LayerNormLSTM(10, 300, num_layers=2, bidirectional=True)

@@ -437,7 +437,7 @@ def test_state_carried_across_two_calls_equals_one_call(cell, backend):
         assert_close("state", e, o, atol, rtol)
 
 
-def test_module_batch_first_unbatched_dropout_and_heads_agree_with_the_plain_loop():
+def test_module_batch_first_unbatched_and_heads_agree_with_the_plain_loop():
     layer = fused_rnn.sLSTM(3, 6, num_heads=3, batch_first=True, backend="torch").double()
     x = torch.randn(2, 5, 3, dtype=torch.float64)
     zero = tuple(torch.zeros(2, 6, dtype=torch.float64) for _ in range(4))
@@ -452,13 +452,39 @@ def test_module_batch_first_unbatched_dropout_and_heads_agree_with_the_plain_loo
     assert_close("unbatched output", expected[:, 0], unbatched, atol, rtol)
     assert_close("unbatched h_n", expected_state[0][:1], unbatched_state[0], atol, rtol)
 
-    deep = fused_rnn.MultiHeadGRU(3, 4, num_layers=3, num_heads=2, dropout=0.5, backend="torch").double()
-    x = torch.randn(4, 2, 3, dtype=torch.float64)
-    assert torch.equal(deep.eval()(x)[0], deep.eval()(x)[0])
-    torch.manual_seed(1)
-    first = deep.train()(x)[0]
-    torch.manual_seed(2)
-    assert not torch.equal(first, deep(x)[0]), "dropout between layers had no effect in training"
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_between_layers_in_training_only(cell):
+    """Three layers with dropout: in training each layer's output but the last's is dropped as F.dropout drops it
+    (the same masks from the same seed); in eval nothing is. Against the plain oracle run layer by layer."""
+    layer_type = {"slstm": fused_rnn.sLSTM, "lstm": fused_rnn.MultiHeadLSTM, "gru": fused_rnn.MultiHeadGRU}[cell]
+    layer = layer_type(3, 4, num_layers=3, num_heads=2, dropout=0.4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    zeros = tuple(torch.zeros(2, 4, dtype=torch.float64) for _ in STATE_NAMES[cell])
+
+    def expected(training):
+        # The masks the layer draws after manual_seed(7), drawn here first: the oracle may use the generator too.
+        torch.manual_seed(7)
+        masks = [
+            torch.nn.functional.dropout(torch.ones(5, 2, 4, dtype=torch.float64), 0.4, training=training)
+            for _ in range(2)
+        ]
+        y = x
+        for k in range(3):
+            weights = [
+                getattr(layer, f"{name}_l{k}", None) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            ]
+            y, _ = plain_oracle(cell, y, zeros, *weights)
+            if k < 2:
+                y = y * masks[k]
+        return y
+
+    atol, rtol = TOLERANCE[torch.float64]
+    for training in (True, False):
+        layer.train(training)
+        torch.manual_seed(7)
+        output, _ = layer(x)
+        assert_close(f"output, training={training}", expected(training), output, atol, rtol)
 
 
 def test_parameters_and_init():
