@@ -289,3 +289,31 @@ def test_functional_cells_still_name_a_bad_state():
     bad = torch.zeros(2, 5, dtype=weights[0].dtype)
     with pytest.raises(ValueError, match="h0 must have shape"):
         functional.lstm_cell(x, (bad, bad), *weights)
+
+
+@pytest.mark.parametrize("form", ["padded", "packed"])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_reverse_is_the_backward_direction_of_torch_nns_bidirectional_layer(cell, backend, form):
+    """functional.lstm/gru/rnn(reverse=True) on torch.nn's kernels: output in the input's time order, h_n, and the
+    input's gradient equal the reverse half of torch.nn's bidirectional layer in float64."""
+    torch_class = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
+    layer = torch_class(3, 5, bidirectional=True, dtype=torch.float64)
+    padded = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = [4, 3, 1] if form == "packed" else [4, 4, 4]
+    packed = nn.utils.rnn.pack_padded_sequence(padded, lengths)
+    expected, expected_state = layer(packed if form == "packed" else padded)
+    expected = (expected.data if form == "packed" else expected)[..., 5:]
+    expected_h_n = (expected_state[0] if cell == "lstm" else expected_state)[1]
+    weights = [getattr(layer, f"{name}_l0_reverse") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    x, batch_sizes = (packed.data, packed.batch_sizes) if form == "packed" else (padded, None)
+    run = {"lstm": functional.lstm, "gru": functional.gru, "rnn_tanh": functional.rnn}[cell]
+    output, state = run(x, None, *weights, batch_sizes=batch_sizes, reverse=True, backend=backend)
+    h_n = state[0] if cell == "lstm" else state
+    atol, rtol = TOLERANCE[torch.float64]
+    assert_close("output", expected, output, atol, rtol)
+    assert_close("h_n", expected_h_n, h_n, atol, rtol)
+    weight = torch.randn_like(expected)
+    (expected_grad,) = torch.autograd.grad((expected * weight).sum(), padded, retain_graph=True)  # packing's graph
+    (grad,) = torch.autograd.grad((output * weight).sum(), padded)
+    assert_close("grad input", expected_grad, grad, atol, rtol)
