@@ -3,6 +3,7 @@ reference: outputs, final states and every gradient, over every cell, odd sizes,
 
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,35 @@ def test_lstm_projection(batch, hidden, proj, reverse, packed):
     lengths = [4, *[3] * (batch - 2), 1] if packed else None
     x, h0, c0, batch_sizes = sequence_inputs("lstm", 4, batch, 5, hidden, proj=proj, lengths=lengths)
     assert_match(run_both("lstm", (x, h0, c0), weights, batch_sizes, reverse), torch.float64)
+
+
+def input_gates_chunk_bytes() -> int:
+    """How many bytes of input gates the CPU loop computes at once (kInputGatesBytes in csrc/sequence.cpp): a
+    sequence with more runs its input projection in chunks of whole steps."""
+    source = (Path(__file__).parents[1] / "csrc/sequence.cpp").read_text()
+    match = re.search(r"constexpr int64_t kInputGatesBytes = (\d+) << (\d+);", source)
+    assert match, "kInputGatesBytes not found in csrc/sequence.cpp"
+    return int(match[1]) << int(match[2])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_a_sequence_past_one_chunk_of_input_gates_matches_torch_nn(reverse):
+    """A GRU whose input gates fill more than two chunks (the last one partial), each chunk's rows read from where
+    it starts, in either direction: output and h_n against torch.nn's bidirectional GRU in float64."""
+    batch, hidden = 64, 64
+    steps_per_chunk = input_gates_chunk_bytes() // (batch * 3 * hidden * 8)
+    steps = 2 * steps_per_chunk + steps_per_chunk // 3
+    layer = torch.nn.GRU(3, hidden, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(steps, batch, 3, dtype=torch.float64)
+    h0 = torch.randn(2, batch, hidden, dtype=torch.float64)
+    with torch.no_grad():
+        expected, expected_h_n = layer(x, h0)
+        suffix = "_reverse" if reverse else ""
+        weights = [getattr(layer, f"{name}_l0{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        output, h_n = functional.gru(x, h0[int(reverse)], *weights, reverse=reverse, backend="cpu")
+    atol, rtol = TOLERANCE[torch.float64]
+    assert_close("output", expected[..., hidden:] if reverse else expected[..., :hidden], output, atol, rtol)
+    assert_close("h_n", expected_h_n[int(reverse)], h_n, atol, rtol)
 
 
 @pytest.mark.parametrize(
