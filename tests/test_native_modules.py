@@ -1,6 +1,8 @@
 """The drop-in layers and cells on backend="cpu" against torch.nn's own: outputs, states and every gradient."""
 
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -155,12 +157,46 @@ def _output_and_gradients(module, input):
     return [output, *torch.autograd.grad((output * weights.to(output.dtype)).sum(), [input, *module.parameters()])]
 
 
-def test_a_build_lock_left_behind_is_named(tmp_path, monkeypatch):
-    """torch waits forever on the lock file of a killed first-use build; the loader names the file before waiting."""
+# Holds the advisory lock on argv[1] (as torch 2.14's cpp_extension.FileLock, a filelock.FileLock, holds it while it
+# builds) until its stdin closes.
+HOLD_BUILD_LOCK = """
+import sys
+from filelock import FileLock
+
+with FileLock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("torch_lock", ["FileLock", "FileBaton"])
+def test_a_held_build_lock_is_named_and_a_lock_file_left_behind_is_not(torch_lock, tmp_path, monkeypatch):
+    """The loader names the lock that torch's first-use build waits for. Under torch 2.14's advisory FileLock the file
+    stays after every build: only a lock another process holds is named, never the file left behind. Under older
+    torch's FileBaton the file's existence is the lock (a killed build's stays held for ever): then the file is
+    named."""
+    from torch.utils import _filelock, cpp_extension, file_baton
+
     from fused_rnn.backends import native
 
+    if torch_lock == "FileLock":
+        monkeypatch.delattr(cpp_extension, "FileBaton", raising=False)
+        monkeypatch.setattr(cpp_extension, "FileLock", _filelock.FileLock, raising=False)
+    else:
+        monkeypatch.setattr(cpp_extension, "FileBaton", file_baton.FileBaton, raising=False)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     assert native.held_build_lock("fused_rnn_lock_test") is None
     lock = next(tmp_path.rglob("fused_rnn_lock_test")) / "lock"
     lock.touch()
-    assert native.held_build_lock("fused_rnn_lock_test") == lock
+    assert native.held_build_lock("fused_rnn_lock_test") == (None if torch_lock == "FileLock" else lock)
+    if torch_lock == "FileLock":
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_BUILD_LOCK, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout.readline() == "held\n"
+            assert native.held_build_lock("fused_rnn_lock_test") == lock
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        assert native.held_build_lock("fused_rnn_lock_test") is None

@@ -65,15 +65,38 @@ def cuda_unbuildable() -> str | None:
 
 
 def held_build_lock(name: str) -> Path | None:
-    """The lock file of torch.utils.cpp_extension's build of `name` when one exists (a build is under way or was
-    killed), else None."""
+    """The lock file of torch.utils.cpp_extension's build of `name` while it is held, else None.
+
+    Older torch (2.11 included) locks with a FileBaton: the file's existence is the lock, and a build that was killed
+    leaves it held for ever. torch 2.14 holds an advisory FileLock on the file instead, which the system releases when
+    its holder dies, and the file stays after every build: held only while another process holds it (asked here
+    without waiting)."""
     from torch.utils import cpp_extension
 
     try:
         lock = Path(cpp_extension._get_build_directory(name, verbose=False)) / "lock"
     except (AttributeError, TypeError):  # a private function: another torch may lack it
         return None
-    return lock if lock.exists() else None
+    if not lock.exists():
+        return None
+    advisory = _advisory_build_lock()
+    if advisory is None:
+        return lock
+    from filelock import Timeout
+
+    try:
+        with advisory(str(lock), timeout=0):
+            return None
+    except Timeout:
+        return lock
+
+
+def _advisory_build_lock():
+    """The advisory lock class torch.utils.cpp_extension builds under (torch 2.14's FileLock), or None where it locks
+    with a FileBaton, whose file is held for as long as it exists."""
+    from torch.utils import cpp_extension
+
+    return None if hasattr(cpp_extension, "FileBaton") else getattr(cpp_extension, "FileLock", None)
 
 
 def cxx_flags(with_cuda: bool) -> list[str]:
@@ -193,9 +216,13 @@ def _load() -> str | None:
         name = JIT_NAME + ("_cuda" if with_cuda else "")
         lock = held_build_lock(name)
         if lock is not None:
+            left_behind = (
+                ""
+                if _advisory_build_lock()
+                else ", or a build that was killed left it behind (then delete it; torch waits for it forever)"
+            )
             print(
-                f"fused_rnn: waiting for {lock}: another process is building the kernels, or a build that was killed "
-                "left it behind (then delete it; torch waits for it forever)",
+                f"fused_rnn: waiting for {lock}: another process is building the kernels{left_behind}",
                 file=sys.stderr,
             )
         _module = load(
