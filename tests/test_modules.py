@@ -826,11 +826,11 @@ def test_a_packed_call_after_a_padded_one_runs_what_a_fresh_module_runs():
         pytest.skip("without the compiled kernels every call runs on torch.nn's op")
     padded = torch.randn(5, 2, 3)
     packed = pack_padded_sequence(padded, [5, 3])
-    torch.manual_seed(0)
     fresh_padded, fresh_packed = (_recurrent_ops(fused_rnn.LSTM(3, 4), x) for x in (padded, packed))
     assert fresh_padded == {"aten::lstm"} and fresh_packed == {"fused_rnn_native::sequence_forward"}
     layer = fused_rnn.LSTM(3, 4)
-    assert _recurrent_ops(layer, padded) == _recurrent_ops(layer, padded) == fresh_padded  # the second remembered
+    # The second padded call runs on the remembered route.
+    assert _recurrent_ops(layer, padded) == _recurrent_ops(layer, padded) == fresh_padded
     assert _recurrent_ops(layer, packed) == fresh_packed
     assert _recurrent_ops(layer, padded) == fresh_padded
 
