@@ -135,8 +135,13 @@ _loaded = False
 _module = None  # the loaded extension module
 
 
+@torch.compiler.assume_constant_result
 def unavailable() -> str | None:
-    """Why the compiled kernels cannot be used in this process, or None once they are loaded (built if needed)."""
+    """Why the compiled kernels cannot be used in this process, or None once they are loaded (built if needed).
+
+    The answer holds for the life of the process, so torch.compile takes it as a constant: the first call of a process
+    may come while tracing (a model compiled before any eager call), and what it runs (torch's CPU capability, a str
+    that dynamo cannot trace; importing or building the extension) must run outside the traced region."""
     global _loaded, _reason
     if not _loaded:
         _loaded = True
