@@ -4,8 +4,9 @@ Usage: python tests/mutants.py [NAME ...]   (from the repository root; every mut
 
 Each mutant edits one line of a scratch copy of the repository (the edit must match exactly once, so a
 mutant that no longer applies is reported rather than silently skipped) and runs only its target tests
-there. A mutant "survives" when its target tests still pass: the test guards nothing. Targets that cannot
-run here (tests marked gpu on a machine without one) are reported as not checked.
+there; a mutant of csrc/ first compiles the copy's extension (minutes). A mutant "survives" when its target
+tests still pass: the test guards nothing. Targets that cannot run here (tests marked gpu on a machine
+without one) are reported as not checked.
 """
 
 import os
@@ -381,12 +382,113 @@ MUTANTS = [
         "    return {(V(1) - keep) * grad, keep * grad};",
         ("tests/test_native_sequence.py::test_zoneout_gradcheck_with_fixed_masks",),
     ),
+    Mutant(
+        "remembered torch.nn route: the verdict's key ignores the input's width",
+        "fused_rnn/functional.py",
+        "        input.shape[-1],\n        batch,\n",
+        "        batch,\n",
+        ("tests/test_modules.py::test_a_module_on_the_remembered_route_still_refuses_another_input_width",),
+    ),
+    Mutant(
+        "remembered torch.nn route: the verdict's key ignores padded against packed",
+        "fused_rnn/functional.py",
+        "        batch,\n        padded,\n        grads,\n",
+        "        batch,\n        grads,\n",
+        ("tests/test_modules.py::test_a_packed_call_after_a_padded_one_runs_what_a_fresh_module_runs",),
+    ),
+    Mutant(
+        "remembered torch.nn route: the verdicts never dropped",
+        "fused_rnn/functional.py",
+        "                verdicts.clear()\n",
+        "                pass\n",
+        ("tests/test_modules.py::test_the_remembered_verdicts_stay_bounded",),
+    ),
+    Mutant(
+        "zoneout cells draw masks in eval mode",
+        "fused_rnn/modules.py",
+        "                    self.training,\n                )\n        if unbatched:",
+        "                    True,\n                )\n        if unbatched:",
+        ("tests/test_zoneout.py::test_cell_eval_is_the_expectation",),
+    ),
+    Mutant(
+        "LockedDropout keeps a feature with probability p",
+        "fused_rnn/regularizers.py",
+        ".bernoulli_(1 - self.p)",
+        ".bernoulli_(self.p)",
+        (
+            "tests/test_regularizers.py::test_locked_dropout_keeps_a_feature_with_probability_one_minus_p_scaled_by_its_inverse",
+        ),
+    ),
+    Mutant(
+        "LayerNorm LSTM/GRU drop between layers in eval too",
+        "fused_rnn/layernorm/modules.py",
+        "            if self.dropout > 0 and self.training and layer < self.num_layers - 1:",
+        "            if self.dropout > 0 and layer < self.num_layers - 1:",
+        ("tests/test_layernorm.py::test_dropout_between_layers_in_training_only",),
+    ),
+    Mutant(
+        "multi-head layers drop after the last layer too",
+        "fused_rnn/multihead/modules.py",
+        "            if self.dropout > 0 and self.training and layer < self.num_layers - 1:",
+        "            if self.dropout > 0 and self.training:",
+        ("tests/test_multihead.py::test_dropout_between_layers_in_training_only",),
+    ),
+    Mutant(
+        "torch.nn's kernels: the reverse direction's output left in reversed time",
+        "fused_rnn/backends/torch_rnn.py",
+        "    if reverse:\n        output = _time_reversed(output, batch_sizes)\n",
+        "",
+        ("tests/test_functional.py::test_reverse_is_the_backward_direction_of_torch_nns_bidirectional_layer",),
+    ),
+    Mutant(
+        "CPU driver: every chunk of input gates indexed from row 0",
+        "csrc/sequence.cpp",
+        "return InputGates<scalar_t>{current.data_ptr<scalar_t>(), first_row};",
+        "return InputGates<scalar_t>{current.data_ptr<scalar_t>(), 0};",
+        ("tests/test_native_sequence.py::test_a_sequence_past_one_chunk_of_input_gates_matches_torch_nn",),
+    ),
+    Mutant(
+        "build lock: a lock file left behind taken for a held lock",
+        "fused_rnn/backends/native.py",
+        "    if advisory is None:\n        return lock\n",
+        "    return lock\n",
+        ("tests/test_native_modules.py::test_a_held_build_lock_is_named_and_a_lock_file_left_behind_is_not",),
+    ),
+    Mutant(
+        "build lock: older torch's FileBaton probed as an advisory lock",
+        "fused_rnn/backends/native.py",
+        'return None if hasattr(cpp_extension, "FileBaton") else getattr(cpp_extension, "FileLock", None)',
+        'return getattr(cpp_extension, "FileLock", None)',
+        ("tests/test_native_modules.py::test_a_held_build_lock_is_named_and_a_lock_file_left_behind_is_not",),
+    ),
+    Mutant(
+        "LayerNormGRUCell not exported (so not a weights_only safe global)",
+        "fused_rnn/__init__.py",
+        '    "LayerNormGRUCell",\n',
+        "",
+        ("tests/test_deploy.py::test_every_exported_module_round_trips_with_weights_only",),
+    ),
 ]
 
 
 def scratch_copy(destination: Path) -> None:
     ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "*.so")
     shutil.copytree(ROOT, destination, ignore=ignore)
+
+
+def build_extension(copy: Path) -> str | None:
+    """Compiles the copy's csrc/ into the copy's fused_rnn/_C, which its tests then import first: without it the
+    editable install hands them the original's compiled kernels, and a csrc/ mutant is never run. Only the CPU half
+    where no GPU is visible (the CUDA kernels could not run; they take most of the build's time). None once built,
+    else the build's last lines."""
+    import torch
+
+    environment = dict(os.environ)
+    if not torch.cuda.is_available():
+        environment["CUDA_HOME"] = str(copy / "no-cuda-toolkit")  # native.cuda_unbuildable: "nvcc was not found"
+    command = [sys.executable, "setup.py", "build_ext", "--inplace"]
+    result = subprocess.run(command, cwd=copy, env=environment, capture_output=True, text=True)
+    return None if result.returncode == 0 else (result.stdout + result.stderr)[-500:]
 
 
 def run(mutant: Mutant) -> str:
@@ -399,6 +501,10 @@ def run(mutant: Mutant) -> str:
         if text.count(mutant.old) != 1:
             return f"STALE (the edit matches {text.count(mutant.old)} times in {mutant.path})"
         target.write_text(text.replace(mutant.old, mutant.new))
+        if mutant.path.startswith("csrc/"):
+            failure = build_extension(copy)
+            if failure is not None:
+                return f"STALE (the mutant does not build: {failure})"
         # The copy's root goes first on the path, ahead of an editable install of the original.
         env = {**os.environ, "PYTHONPATH": str(copy)}
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.targets]
@@ -406,6 +512,8 @@ def run(mutant: Mutant) -> str:
         summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-300:]
         if result.returncode == 1:
             return "killed"
+        if result.returncode < 0:  # the tests crashed (a mutant that reads out of bounds): CI fails as surely
+            return f"killed (the tests died of signal {-result.returncode})"
         if result.returncode == 0 and "passed" not in summary:
             return f"not checked ({summary})"
         if result.returncode == 0:
