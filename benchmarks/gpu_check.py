@@ -47,11 +47,10 @@ BENCHMARK_MARGIN_S = 10  # the benchmarks start no case this close to their limi
 # kernel family gets the rest.
 PERSISTENT_CHECK_S = 20
 GPU_RUNS = (2, 10)  # (warmup, repeats) per measurement: enough for a median at GPU noise, within the budget
-# On the GPU the benchmarks part times cuDNN (torch.nn) against the backends that can beat it: "persistent" and the
-# C++ step loop ("cuda"). "triton" is left out: its Python step loop is host-bound (100-190 us per step on the H200
-# for the LSTM, 2.7-20x cuDNN's time, whatever the cell does per step), and timing it would cost the budget of the
-# cases that decide "auto". fused_rnn.torch is cuDNN itself behind our layer (0.63-1.49x torch.nn's time measured).
-GPU_BENCHMARK_BACKENDS = ("persistent", "cuda")
+# On the GPU the benchmarks part times cuDNN (torch.nn) against the backends that may beat it: "persistent", "triton"
+# (its step loops replayed as CUDA graphs since the last GPU run, where its Python loop took 100-190 us per step) and
+# the C++ step loop ("cuda"). fused_rnn.torch is cuDNN itself behind our layer (0.63-1.49x torch.nn's time measured).
+GPU_BENCHMARK_BACKENDS = ("persistent", "triton", "cuda")
 # Besides the standard configs: the edges of "auto"'s persistent range (fused_rnn.backends.CUDA_PERSISTENT_FASTER),
 # measured so far only at its corner B=1 H=512.
 RANGE_CONFIGS = [

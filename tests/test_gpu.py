@@ -159,3 +159,56 @@ def test_cells_step_on_cuda_within_twice_torch_nn_error(cell, backend, dtype):
     for index, (e, t, m) in enumerate(zip(expected, theirs, mine, strict=True)):
         assert m.dtype == t.dtype, index
         assert_within_twice_torch_error(f"{cell} {backend} tensor {index}", e, m, t, FLOOR[dtype])
+
+
+def _triton_outputs_and_grads(module, x, replayed):
+    """outputs_and_grads of `module` on "triton" with its step loops replayed as CUDA graphs or run plainly."""
+    from fused_rnn.backends.triton import graphs
+
+    enabled = graphs.ENABLED
+    graphs.ENABLED = replayed
+    try:
+        return outputs_and_grads(module, x, None)
+    finally:
+        graphs.ENABLED = enabled
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize(
+    "layer, options",
+    [(nn.LSTM, {}), (nn.GRU, {}), (nn.RNN, {}), (nn.LSTM, {"proj_size": 24}), (nn.LSTM, {"bidirectional": True})],
+    ids=["lstm", "gru", "rnn", "lstm-proj", "lstm-bidir"],
+)
+def test_replayed_cuda_graphs_give_exactly_the_plain_loops_numbers(layer, options, dtype):
+    """T=85: chunk graphs of 64, 16, 4 and 1 steps, captured on the first call, replayed on the second."""
+    from fused_rnn.backends.triton import graphs
+
+    graphs.clear()
+    module = fused_rnn.from_torch(layer(16, 48, **options), backend="triton").to("cuda", dtype)
+    x = torch.randn(85, 3, 16, device="cuda", dtype=dtype)
+    plain = _triton_outputs_and_grads(module, x, replayed=False)
+    for _ in range(2):
+        replayed = _triton_outputs_and_grads(module, x, replayed=True)
+        for index, (p, r) in enumerate(zip(plain, replayed, strict=True)):
+            assert torch.equal(p, r), f"tensor {index}: max diff {(p.double() - r.double()).abs().max().item():.3e}"
+    assert graphs._entries and all(len(entry.graphs) == 4 for entry in graphs._entries.values())
+
+
+def test_inside_a_users_cuda_graph_the_plain_loop_is_captured_with_it():
+    from fused_rnn.backends.triton import graphs
+
+    graphs.clear()
+    module = fused_rnn.GRU(8, 16, backend="triton").cuda()
+    x = torch.randn(5, 2, 8, device="cuda")
+    with torch.no_grad():
+        expected = module(x)[0]
+        graph = torch.cuda.CUDAGraph()
+        static = torch.empty_like(expected)
+        module(x)  # warm-up outside the capture
+        graphs.clear()
+        with torch.cuda.graph(graph):
+            static.copy_(module(x)[0])
+        graph.replay()
+    torch.cuda.synchronize()
+    assert not graphs._entries  # nothing captured inside the user's capture
+    torch.testing.assert_close(static, expected, rtol=0, atol=0)
