@@ -26,9 +26,9 @@ def _driver(backend: str):
     "cuda"), or the persistent kernels' ("persistent"), which take the same arguments and return the same outputs,
     saved activations included."""
     if backend in ("cpu", "cuda"):
-        from fused_rnn.backends import native
+        from fused_rnn.backends import graphs, native
 
-        return native.ops()
+        return graphs.WholeCalls(native.ops()) if backend == "cuda" else native.ops()
     if backend == "persistent":
         from fused_rnn.backends import persistent
 

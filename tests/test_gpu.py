@@ -161,9 +161,9 @@ def test_cells_step_on_cuda_within_twice_torch_nn_error(cell, backend, dtype):
         assert_within_twice_torch_error(f"{cell} {backend} tensor {index}", e, m, t, FLOOR[dtype])
 
 
-def _triton_outputs_and_grads(module, x, replayed):
-    """outputs_and_grads of `module` on "triton" with its step loops replayed as CUDA graphs or run plainly."""
-    from fused_rnn.backends.triton import graphs
+def _outputs_and_grads_with_graphs(module, x, replayed):
+    """outputs_and_grads of `module` with its step loops replayed as CUDA graphs or run plainly."""
+    from fused_rnn.backends import graphs
 
     enabled = graphs.ENABLED
     graphs.ENABLED = replayed
@@ -181,21 +181,21 @@ def _triton_outputs_and_grads(module, x, replayed):
 )
 def test_replayed_cuda_graphs_give_exactly_the_plain_loops_numbers(layer, options, dtype):
     """T=85: chunk graphs of 64, 16, 4 and 1 steps, captured on the first call, replayed on the second."""
-    from fused_rnn.backends.triton import graphs
+    from fused_rnn.backends import graphs
 
     graphs.clear()
     module = fused_rnn.from_torch(layer(16, 48, **options), backend="triton").to("cuda", dtype)
     x = torch.randn(85, 3, 16, device="cuda", dtype=dtype)
-    plain = _triton_outputs_and_grads(module, x, replayed=False)
+    plain = _outputs_and_grads_with_graphs(module, x, replayed=False)
     for _ in range(2):
-        replayed = _triton_outputs_and_grads(module, x, replayed=True)
+        replayed = _outputs_and_grads_with_graphs(module, x, replayed=True)
         for index, (p, r) in enumerate(zip(plain, replayed, strict=True)):
             assert torch.equal(p, r), f"tensor {index}: max diff {(p.double() - r.double()).abs().max().item():.3e}"
     assert graphs._entries and all(len(entry.graphs) == 4 for entry in graphs._entries.values())
 
 
 def test_inside_a_users_cuda_graph_the_plain_loop_is_captured_with_it():
-    from fused_rnn.backends.triton import graphs
+    from fused_rnn.backends import graphs
 
     graphs.clear()
     module = fused_rnn.GRU(8, 16, backend="triton").cuda()
@@ -212,3 +212,21 @@ def test_inside_a_users_cuda_graph_the_plain_loop_is_captured_with_it():
     torch.cuda.synchronize()
     assert not graphs._entries  # nothing captured inside the user's capture
     torch.testing.assert_close(static, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("layer", [nn.LSTM, nn.GRU], ids=["lstm", "gru"])
+def test_the_cuda_drivers_replayed_calls_give_exactly_its_plain_numbers(layer, dtype):
+    """The C++ step loop's calls captured whole (the second call of a signature) and replayed (the third)."""
+    from fused_rnn.backends import graphs
+
+    graphs.clear()
+    module = fused_rnn.from_torch(layer(16, 48), backend="cuda").to("cuda", dtype)
+    x = torch.randn(50, 3, 16, device="cuda", dtype=dtype)
+    plain = _outputs_and_grads_with_graphs(module, x, replayed=False)
+    for _ in range(3):
+        replayed = _outputs_and_grads_with_graphs(module, x, replayed=True)
+        for index, (p, r) in enumerate(zip(plain, replayed, strict=True)):
+            assert torch.equal(p, r), f"tensor {index}: max diff {(p.double() - r.double()).abs().max().item():.3e}"
+    calls = [call for call in graphs._calls.values() if call is not None]
+    assert len(calls) == 2 and all(call.graph not in (None, graphs._NOT_CAPTURABLE) for call in calls)

@@ -16,7 +16,7 @@ step kernel (which zones c only).
 
 import torch
 
-from fused_rnn.backends.triton import graphs
+from fused_rnn.backends import graphs
 from fused_rnn.backends.triton.launch import backward_step, forward_step
 from fused_rnn.bptt import gradients_after_the_loop
 from fused_rnn.cells import CELLS

@@ -1,4 +1,4 @@
-"""The Triton step loops replayed as CUDA graphs (fused_rnn.backends.triton.graphs), checked on CPU: capture is
+"""The Triton step loops replayed as CUDA graphs (fused_rnn.backends.graphs), checked on CPU: capture is
 emulated (the body runs once as the warm-up, each replay runs it again on the entry's buffers), so the chunking, the
 copies in and out, the carried state, the cache's keys and bounds and the fallbacks run here for real, with the
 Triton kernels in the interpreter. The replayed loop must give exactly the plain loop's numbers. On a GPU the same
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from fused_rnn import functional
-from fused_rnn.backends import TRITON_INTERPRETER
-from fused_rnn.backends.triton import graphs
+from fused_rnn.backends import TRITON_INTERPRETER, graphs
 
 from checks import gradients
 from layers import layer_weights, sequence_inputs
+
 
 class Emulated:
     """A captured graph on CPU: capture runs the body once (the warm-up), replay runs it again."""
@@ -171,3 +171,98 @@ def test_a_chunk_plan_covers_every_step_once_with_the_longest_chunks():
             assert lengths == sorted(lengths, reverse=True) and all(n <= longest for n in lengths)
             # at most 3 chunks of each shorter length: 4 of them would make one chunk of the next length
             assert all(lengths.count(n) <= 3 for n in graphs.CHUNK_STEPS if n < longest)
+
+
+class StepLoopOps:
+    """The compiled "cuda" driver's C++ step loop, run on CPU tensors with its kernels' bodies on the host."""
+
+    def __init__(self):
+        from fused_rnn.backends import native
+
+        if native.unavailable() is not None:
+            pytest.skip(f"the compiled kernels are unavailable: {native.unavailable()}")
+        ops = native.ops()
+        self.sequence_forward, self.sequence_backward = ops.sequence_forward_step_loop, ops.sequence_backward_step_loop
+
+
+def native_call(driver, cell, rows, h0, c0, weights, batch_sizes, zoneout=None):
+    """The driver's forward and backward of one layer (every gradient): outputs, then gradients."""
+    outputs = driver.sequence_forward(cell, rows, h0, c0, *weights, batch_sizes, False, True, zoneout=zoneout)
+    output, h_n, c_n, saved, projection_input = outputs
+    generator = torch.Generator().manual_seed(1)
+    grad_output, grad_h_n = (torch.randn(t.shape, generator=generator, dtype=t.dtype) for t in (output, h_n))
+    grad_c_n = torch.randn(c_n.shape, generator=generator, dtype=c_n.dtype) if c0 is not None else None
+    weight_ih, weight_hh, bias_ih, _, weight_hr = weights
+    needs = [True, True, c0 is not None, True, True, bias_ih is not None, bias_ih is not None, weight_hr is not None]
+    grads = driver.sequence_backward(
+        cell, grad_output, grad_h_n, grad_c_n, rows, h0, c0, weight_ih, weight_hh, weight_hr, output, saved,
+        projection_input, batch_sizes, False, needs, zoneout=zoneout,
+    )  # fmt: skip
+    return [*outputs, *grads]
+
+
+@pytest.mark.parametrize(
+    "cell, proj, lengths, zoned",
+    [("lstm", 0, None, False), ("gru", 0, [3, 2, 2], False), ("lstm", 3, None, True), ("rnn_tanh", 0, None, False)],
+    ids=["lstm", "gru-packed", "lstm-proj-zoneout", "rnn"],
+)
+def test_whole_calls_of_the_cuda_driver_replay_exactly_its_numbers(replayed, cell, proj, lengths, zoned):
+    """The first call of a signature runs plainly, the second captures (and replays) it, later ones replay it, with
+    each call's own inputs copied in."""
+    ops = StepLoopOps()
+    driver = graphs.WholeCalls(ops)
+    weights = [w.detach() if w is not None else None for w in layer_weights(cell, 4, 6, proj=proj)]
+    results = []
+    for call in range(3):
+        x, h0, c0, batch_sizes = sequence_inputs(cell, 3, 3, 4, 6, proj=proj, lengths=lengths)
+        rows, h0, c0 = x.detach().reshape(-1, 4), h0.detach(), c0.detach() if c0 is not None else None
+        width = (proj or 6) + 6 if cell == "lstm" else 6
+        zoneout = torch.rand(rows.shape[0], width, dtype=rows.dtype) if zoned else None
+        expected = native_call(ops, cell, rows, h0, c0, weights, batch_sizes, zoneout)
+        results.append((native_call(driver, cell, rows, h0, c0, weights, batch_sizes, zoneout), expected))
+        assert Emulated.captured == (0, 2, 2)[call]  # the forward's and the backward's graph
+    for got, expected in results:  # each call's outputs are its own, not the graph's buffers the next call rewrote
+        assert_identical(got, expected)
+
+
+def test_whole_calls_are_kept_per_signature_and_bounded(replayed, monkeypatch):
+    monkeypatch.setattr(graphs, "MAX_CALLS", 2)
+    ops = StepLoopOps()
+    driver = graphs.WholeCalls(ops)
+    weights = [w.detach() if w is not None else None for w in layer_weights("gru", 4, 6)]
+    x, h0, _, _ = sequence_inputs("gru", 3, 2, 4, 6)
+    rows, h0 = x.detach().reshape(-1, 4), h0.detach()
+
+    def forward(weights, rows=rows):
+        return driver.sequence_forward("gru", rows, h0, None, *weights, None, False, False)
+
+    for _ in range(2):
+        forward(weights)
+    assert Emulated.captured == 1
+    moved = [w.clone() if w is not None else None for w in weights]  # new storage: a new signature
+    moved[1].mul_(0.5)
+    for _ in range(2):
+        got = forward(moved)
+    assert Emulated.captured == 2
+    assert_identical(got, ops.sequence_forward("gru", rows, h0, None, *moved, None, False, False))
+    forward(weights, rows[:4])  # a third signature: the least recently used goes
+    assert len(graphs._calls) == 2
+    forward(weights)  # seen once before, but forgotten: runs plainly again
+    assert Emulated.captured == 2
+
+
+def test_a_call_that_cannot_be_captured_runs_plainly_and_says_so(replayed, monkeypatch):
+    def refuse(body, pool):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphs, "capture", refuse)
+    ops = StepLoopOps()
+    driver = graphs.WholeCalls(ops)
+    weights = [w.detach() if w is not None else None for w in layer_weights("rnn_tanh", 4, 6)]
+    x, h0, _, _ = sequence_inputs("rnn_tanh", 2, 2, 4, 6)
+    rows, h0 = x.detach().reshape(-1, 4), h0.detach()
+    expected = ops.sequence_forward("rnn_tanh", rows, h0, None, *weights, None, False, False)
+    driver.sequence_forward("rnn_tanh", rows, h0, None, *weights, None, False, False)
+    with pytest.warns(UserWarning, match="cannot be captured as a CUDA graph, runs plainly"):
+        assert_identical(driver.sequence_forward("rnn_tanh", rows, h0, None, *weights, None, False, False), expected)
+    assert_identical(driver.sequence_forward("rnn_tanh", rows, h0, None, *weights, None, False, False), expected)

@@ -1,4 +1,4 @@
-"""CUDA-graph replay of the Triton step loops, forward and backward.
+"""CUDA-graph replay of the step loops: the Triton driver's chunk by chunk, the C++ driver's ("cuda") call by call.
 
 Launching a step from Python costs more host time than the GPU spends on it: on the H200 the Triton loop took
 100-190 us per step against 3-6 us of GPU work, and the same GEMM + pointwise loop replayed as a CUDA graph took
@@ -12,12 +12,16 @@ An entry is keyed by the device, the cell, the shapes and dtypes, the direction,
 addresses: a graph reads the weights where they were at its capture, so an optimizer's in-place update is seen and
 a new tensor gets a new entry. Entries are bounded by count and by bytes (least recently used first out).
 
-Not replayed: packed input (its active batch changes from step to step), and a call made while the stream is
-already capturing (torch.compile's "reduce-overhead" mode, a user's own graph), whose plain loop then becomes part
-of that graph. FUSED_RNN_CUDA_GRAPHS=0 turns replay off.
+The C++ driver ("cuda") carries its state inside its op (c in fp32 for fp16/bf16), so its calls are captured whole
+instead (WholeCalls): one graph per call signature, the second time it comes.
+
+Not replayed: packed input on the Triton driver (its active batch changes from step to step), and a call made while
+the stream is already capturing (torch.compile's "reduce-overhead" mode, a user's own graph), whose plain loop then
+becomes part of that graph. FUSED_RNN_CUDA_GRAPHS=0 turns replay off.
 """
 
 import os
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -171,6 +175,95 @@ def capture(body, pool):
     return graph
 
 
+class WholeCalls:
+    """A driver whose calls replay a CUDA graph of one whole call of a compiled driver's op ("cuda": the C++ step
+    loop, whose host time per step, 21-44 us on the H200, is several times its GPU time).
+
+    Its state is the op's own (c in fp32 for fp16/bf16 included), so a call is captured whole, not chunk by chunk: one
+    graph per call signature (the shapes, dtypes and values of the arguments, the batch sizes of packed input, the
+    weights' addresses), captured the second time a signature comes, so that calls whose length changes from call to
+    call run plainly instead of capturing a graph each. Outputs are copied out of the graph's buffers per call."""
+
+    # The weights' positions in the ops' arguments (read where they are, keyed by address); the other tensors are
+    # copied in.
+    FORWARD_WEIGHTS = (4, 5, 6, 7, 8)
+    BACKWARD_WEIGHTS = (7, 8, 9)
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    def sequence_forward(self, *arguments, zoneout=None):
+        return _whole_call(self.ops.sequence_forward, (*arguments, zoneout), self.FORWARD_WEIGHTS)
+
+    def sequence_backward(self, *arguments, zoneout=None):
+        return _whole_call(self.ops.sequence_backward, (*arguments, zoneout), self.BACKWARD_WEIGHTS)
+
+
+MAX_CALLS = 8
+_calls: OrderedDict = OrderedDict()
+
+
+def _whole_call(op, arguments, weights):
+    tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
+    if not replays(tensors[0].device, None):
+        return op(*arguments)
+    key = (str(op), tuple(_signature(a, index in weights) for index, a in enumerate(arguments)))
+    call = _calls.get(key, _UNSEEN)
+    if call is _UNSEEN:  # seen once: run plainly, capture if it comes again
+        _calls[key] = None
+        while len(_calls) > MAX_CALLS:
+            _calls.popitem(last=False)
+        return op(*arguments)
+    if call is None:
+        call = _calls[key] = _Call(op, arguments, weights)
+    _calls.move_to_end(key)
+    return call(arguments)
+
+
+_UNSEEN = object()
+_NOT_CAPTURABLE = object()
+
+
+def _signature(argument, is_weight):
+    if isinstance(argument, torch.Tensor):
+        layout = (tuple(argument.shape), tuple(argument.stride()), argument.dtype, argument.device)
+        return (*layout, argument.data_ptr()) if is_weight else layout
+    return tuple(argument) if isinstance(argument, list) else argument
+
+
+class _Call:
+    def __init__(self, op, arguments, weights):
+        self.op = op
+        self.copied = [i for i, a in enumerate(arguments) if isinstance(a, torch.Tensor) and i not in weights]
+        self.inputs = [a.clone() if i in self.copied else a for i, a in enumerate(arguments)]
+        self.outputs = None
+        self.graph = None
+
+    def __call__(self, arguments):
+        for index in self.copied:
+            self.inputs[index].copy_(arguments[index])
+        if self.graph is None:
+            # A plain run gives this call's outputs and the buffers every replay writes into.
+            self.outputs = self.op(*self.inputs)
+            try:
+                self.graph = capture(self._body, new_pool(self.inputs[1].device))
+            except RuntimeError as error:  # e.g. a host synchronization inside the op: then it runs plainly
+                self.graph = _NOT_CAPTURABLE
+                warnings.warn(
+                    f"fused_rnn: {self.op} cannot be captured as a CUDA graph, runs plainly: {error}", stacklevel=4
+                )
+        elif self.graph is _NOT_CAPTURABLE:
+            return self.op(*arguments)
+        else:
+            self.graph.replay()
+        return tuple(t.clone() for t in self.outputs)
+
+    def _body(self):
+        for buffer, result in zip(self.outputs, self.op(*self.inputs), strict=True):
+            buffer.copy_(result)
+
+
 def clear() -> None:
     """Drop every captured graph and its buffers."""
     _entries.clear()
+    _calls.clear()
