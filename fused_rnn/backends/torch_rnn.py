@@ -7,6 +7,9 @@ their own autograd, double backward included on CPU, and torch.compile traces th
 ATen runs a direction forward in time only; the reverse direction of a bidirectional layer runs on the
 time-reversed rows (each sequence reversed within its own length, which keeps a packed layout's
 batch_sizes) and reverses its output back.
+
+Under torch.compile and torch.export torch traces its own decomposition of these ops (torch/_decomp), not the
+kernels; see _traced_lstm_input for the one case where that decomposition must be steered.
 """
 
 import torch
@@ -26,6 +29,7 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
     # cuDNN refuses a backward through a forward run with train=False; there is no dropout in one layer.
     common = (weights, bias_ih is not None, 1, 0.0, torch.is_grad_enabled(), False)
     if batch_sizes is None:
+        input = _traced_lstm_input(cell, input, state, weights)
         output, *final = _OPS[cell](input, state, *common, False)
     else:
         sizes = torch.tensor(batch_sizes, dtype=torch.int64)
@@ -54,6 +58,7 @@ def layers(
     state = (h0, c0) if c0 is not None else h0
     common = (weights, has_biases, num_layers, dropout, train, bidirectional)
     if batch_sizes is None:
+        input = _traced_lstm_input(cell, input, state, weights)
         output, *final = _OPS[cell](input, state, *common, batch_first)
     else:
         sizes = batch_sizes if isinstance(batch_sizes, torch.Tensor) else torch.tensor(batch_sizes, dtype=torch.int64)
@@ -71,6 +76,32 @@ def step(cell, input, h, c, weight_ih, weight_hh, bias_ih, bias_hh):
     if c is None:
         c = input.new_zeros(input.shape[0], weight_hh.shape[1])
     return torch.lstm_cell(input, (h, c), weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def _traced_lstm_input(cell, input, state, weights):
+    """The padded input of torch.lstm, made to require grad where torch's decomposition would otherwise mistrace it.
+
+    torch's decomposition of torch.lstm (torch/_decomp/decompositions.py, select_one_layer_lstm_function; torch 2.14)
+    takes oneDNN's inference op (mkldnn_rnn_layer with train=False, no workspace) for every layer whenever a CPU
+    input does not require grad, even when the weights or the initial state do: the traced training graph then
+    fails (aot_eager: "expected all tensors_saved_with_vc_check to be Tensors"; inductor: "expected Tensor() for op
+    mkldnn_rnn_layer"). Adding a zero that carries the autograd history of a tensor that does require grad (an empty
+    slice's sum: exactly 0, whatever the weights hold) sends it down its general path, which traces; the values are
+    unchanged, and the only gradient it adds is the empty slice's. Eager calls run the kernels and are left alone.
+    """
+    if not (
+        cell == "lstm"
+        and torch.compiler.is_compiling()
+        and input.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and not input.requires_grad
+    ):
+        return input
+    states = state if isinstance(state, tuple) else (state,)
+    with_grad = next((t for t in (*states, *weights) if t.requires_grad), None)
+    if with_grad is None:  # inference: the oneDNN op is right
+        return input
+    return input + with_grad.flatten()[:0].sum()
 
 
 def _time_reversed(tensor, batch_sizes):
