@@ -1,8 +1,8 @@
 """IndRNN's fused sequence as registered torch.library ops, with their autograd formula.
 
 `fused_rnn::indrnn_forward` runs one direction of one layer: the input projection of all steps as one GEMM, then
-the whole recurrence, as one Triton kernel (kernel="triton"), one compiled CUDA kernel (kernel="cuda"), one compiled
-C++ parallel region (kernel="cpu") or a loop of in-place torch ops (kernel="torch").
+the whole recurrence, as one Triton kernel (step_kernel="triton"), one compiled CUDA kernel ("cuda"), one compiled
+C++ parallel region ("cpu") or a loop of in-place torch ops ("torch").
 `fused_rnn::indrnn_backward` runs the reverse walk, which yields the pre-activation gradient of every
 row and du, then dW, db and dx as single GEMMs/reductions. Fake implementations let torch.compile trace them with
 no graph break. When the backward must itself be differentiable (create_graph=True), it recomputes through the
@@ -48,7 +48,7 @@ def _run_forward(
     batch_sizes: list[int] | None,
     reverse: bool,
     nonlinearity: str,
-    kernel: str = "triton",
+    step_kernel: str = "triton",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One direction of one IndRNN layer, fused.
 
@@ -57,14 +57,16 @@ def _run_forward(
         bias_ih: (H,) or None. All contiguous.
         batch_sizes: active rows per step for packed input, None for N = T * B padded rows.
         reverse: run from the last step to the first. nonlinearity: "relu" or "tanh".
-        kernel: what runs the recurrence, "triton", "cuda", "cpu" or "torch".
+        step_kernel: what runs the recurrence, "triton", "cuda", "cpu" or "torch" (not named `kernel`: inductor passed
+            it by name, at its default value, to its FallbackKernel.create(kernel, ...), which then failed on packed
+            input).
 
     Returns:
         output (N, H) and h_n (B, H).
     """
     with _on_device_of(input):
-        projection = native.gemms(kernel == "cpu").product(input, weight_ih, bias_ih)
-        return _recurrence(kernel).recurrence_forward(
+        projection = native.gemms(step_kernel == "cpu").product(input, weight_ih, bias_ih)
+        return _recurrence(step_kernel).recurrence_forward(
             projection, weight_hh, h0, batch_sizes, reverse, nonlinearity == "relu"
         )
 
@@ -82,7 +84,7 @@ def forward(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonl
 
 
 @indrnn_forward.register_fake
-def _(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, kernel="triton"):
+def _(input, h0, weight_ih, weight_hh, bias_ih, batch_sizes, reverse, nonlinearity, step_kernel="triton"):
     return input.new_empty(input.shape[0], h0.shape[1]), torch.empty_like(h0)
 
 
@@ -98,16 +100,16 @@ def _run_backward(
     reverse: bool,
     nonlinearity: str,
     needs_grad: list[bool],
-    kernel: str = "triton",
+    step_kernel: str = "triton",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of input, h0, weight_ih, weight_hh, bias_ih, each empty unless its needs_grad entry is set."""
     with _on_device_of(input):
-        grad_pre, grad_h0, grad_u = _recurrence(kernel).recurrence_backward(
+        grad_pre, grad_h0, grad_u = _recurrence(step_kernel).recurrence_backward(
             grad_output, grad_h_n, output, h0, weight_hh, batch_sizes, reverse, nonlinearity == "relu"
         )
         need_input, need_h0, need_weight_ih, need_weight_hh, need_bias = needs_grad
         empty = lambda: input.new_empty(0)  # one per absent gradient: a custom op's outputs may not alias each other
-        gemms = native.gemms(kernel == "cpu")
+        gemms = native.gemms(step_kernel == "cpu")
         return (
             gemms.product(grad_pre, weight_ih.t(), None) if need_input else empty(),
             grad_h0 if need_h0 else empty(),
@@ -133,7 +135,7 @@ def _(
     reverse,
     nonlinearity,
     needs_grad,
-    kernel="triton",
+    step_kernel="triton",
 ):
     shapes = [input.shape, h0.shape, weight_ih.shape, weight_hh.shape, weight_hh.shape]
     return tuple(input.new_empty(shape if needed else (0,)) for shape, needed in zip(shapes, needs_grad, strict=True))

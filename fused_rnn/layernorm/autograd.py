@@ -57,13 +57,14 @@ def _run_forward(
     batch_sizes: list[int] | None,
     reverse: bool,
     save: bool,
-    kernel: str = "triton",
+    step_kernel: str = "triton",
 ) -> FORWARD_OUTPUTS:
     """One direction of one LayerNorm LSTM ("lstm") or GRU ("gru") layer, fused.
 
     Args: as fused_rnn.layernorm.reference.sequence, with input as (N, I) time-major rows and every tensor
-        contiguous; save: keep what the backward needs (else those outputs have no rows); kernel: what runs the step
-        loop, "triton" or "native" (fused_rnn.layernorm.sequence).
+        contiguous; save: keep what the backward needs (else those outputs have no rows); step_kernel: what runs the
+        step loop, "triton" or "native" (fused_rnn.layernorm.sequence). Not named `kernel`: inductor passed it
+        by name, at its default value, to its FallbackKernel.create(kernel, ...), which then failed (packed input).
 
     Returns:
         output (N, H), h_n (B, H), c_n (B, H) (empty for the GRU), then the saved tensors: x W_ih^T (N, G * H) and
@@ -87,7 +88,7 @@ def _run_forward(
             batch_sizes,
             reverse,
             save,
-            kernel,
+            step_kernel,
         )
 
 
@@ -95,8 +96,8 @@ layernorm_rnn_forward = torch.library.custom_op("fused_rnn::layernorm_rnn_forwar
 
 
 def forward(*arguments):
-    """layernorm_rnn_forward's outputs (same arguments, all given), differentiable when `save` (the one before the
-    kernel); in plain eager mode without the registered op's cost (fused_rnn.eager)."""
+    """layernorm_rnn_forward's outputs (same arguments, all given), differentiable when `save` (the one before
+    step_kernel); in plain eager mode without the registered op's cost (fused_rnn.eager)."""
     return _FORWARD(arguments[1], *arguments, differentiable=arguments[-2])
 
 
@@ -117,7 +118,7 @@ def _(
     batch_sizes,
     reverse,
     save,
-    kernel="triton",
+    step_kernel="triton",
 ):
     c_n = torch.empty_like(c0) if cell == "lstm" else input.new_empty(0)
     saved = sequence.saved_outputs(cell, input, h0.shape[1], save)
@@ -142,7 +143,7 @@ def _run_backward(
     batch_sizes: list[int] | None,
     reverse: bool,
     needs_grad: list[bool],
-    kernel: str = "triton",
+    step_kernel: str = "triton",
 ) -> BACKWARD_OUTPUTS:
     """Gradients of the forward op's LEAVES, each empty unless its needs_grad entry is set."""
     with _on_device_of(input):
@@ -164,7 +165,7 @@ def _run_backward(
             batch_sizes,
             reverse,
             needs_grad,
-            kernel,
+            step_kernel,
         )
 
 
@@ -190,7 +191,7 @@ def _(
     batch_sizes,
     reverse,
     needs_grad,
-    kernel="triton",
+    step_kernel="triton",
 ):
     vector = norm_ih_weight.shape
     cell_vector = norm_c_weight.shape if norm_c_weight is not None else (0,)

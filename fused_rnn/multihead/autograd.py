@@ -47,7 +47,7 @@ def _run_forward(
     cell: str,
     forget_gate: str,
     save: bool,
-    kernel: str = "triton",
+    step_kernel: str = "triton",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One direction of one layer, fused.
 
@@ -57,7 +57,9 @@ def _run_forward(
         batch_sizes: active rows per step for packed input, None for N = T * B padded rows.
         reverse: run from the last step to the first. cell: "lstm", "gru" or "slstm".
         forget_gate: the sLSTM's, "sigmoid" or "exp". save: keep what the backward needs.
-        kernel: what runs the pointwise step, "triton" or "torch". All tensors contiguous.
+        step_kernel: what runs the pointwise step, "triton" or "torch" (not named `kernel`: inductor passed it by
+            name, at its default value, to its FallbackKernel.create(kernel, ...), which then failed on packed input).
+            All tensors contiguous.
 
     Returns:
         output (N, H), h_n, c_n, n_n, m_n (B, H) or empty, and the saved activations (empty unless save).
@@ -75,7 +77,7 @@ def _run_forward(
             reverse,
             save,
             forget_gate == "exp",
-            kernel,
+            step_kernel,
         )
         return output, *_padded(cell, state, input), saved
 
@@ -84,8 +86,8 @@ multihead_forward = torch.library.custom_op("fused_rnn::multihead_forward", muta
 
 
 def forward(*arguments):
-    """multihead_forward's outputs (same arguments, all given), differentiable when `save` (the one before the
-    kernel); in plain eager mode without the registered op's cost (fused_rnn.eager)."""
+    """multihead_forward's outputs (same arguments, all given), differentiable when `save` (the one before
+    step_kernel); in plain eager mode without the registered op's cost (fused_rnn.eager)."""
     return _FORWARD(arguments[0], *arguments, differentiable=arguments[-2])
 
 
@@ -105,7 +107,7 @@ def _(
     cell,
     forget_gate,
     save,
-    kernel="triton",
+    step_kernel="triton",
 ):
     hidden = h0.shape[1]
     state = tuple(torch.empty_like(h0) for _ in STATES[cell])
@@ -135,7 +137,7 @@ def _run_backward(
     cell: str,
     forget_gate: str,
     needs_grad: list[bool],
-    kernel: str = "triton",
+    step_kernel: str = "triton",
 ) -> tuple[
     torch.Tensor,
     torch.Tensor,
@@ -166,7 +168,7 @@ def _run_backward(
             reverse,
             forget_gate == "exp",
             needed,
-            kernel,
+            step_kernel,
         )
     return grads[0], *_padded(cell, grads[1 : 1 + states], input), *grads[1 + states :]
 
@@ -195,7 +197,7 @@ def _(
     cell,
     forget_gate,
     needs_grad,
-    kernel="triton",
+    step_kernel="triton",
 ):
     bias = weight_ih.shape[:1]
     shapes = [input.shape, *[h0.shape] * 4, weight_ih.shape, weight_hh.shape, bias, bias]
