@@ -11,6 +11,7 @@ import torch
 from fused_rnn import autograd, reference
 from fused_rnn.backends import Workload, resolve, torch_rnn
 from fused_rnn.cells import CELLS
+from fused_rnn.packing import checked_layout
 
 Tensor = torch.Tensor
 
@@ -234,7 +235,7 @@ def sequence(
         raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
     spec = CELLS[cell]
     probabilities = checked_zoneout(zoneout, cell)
-    batch_sizes = _batch_sizes(batch_sizes, input)
+    batch_sizes = checked_layout(input, batch_sizes)
     _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     hidden = weight_hh.shape[0] // spec.gates
     hidden_out = weight_hr.shape[0] if weight_hr is not None else hidden
@@ -285,7 +286,7 @@ def layers_on_torch_nn(
     # zoneout=0 (the default) skips the check: nothing else is falsy and valid.
     if backend not in ("auto", "torch") or (zoneout and any(checked_zoneout(zoneout, cell))):
         return None
-    batch_sizes = _batch_sizes(batch_sizes, input)
+    batch_sizes = checked_layout(input, batch_sizes)
     batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
     # Without grad mode (inference) nothing needs a backward: the weights need not be gathered to say so.
     flat = [w for layer in weights for w in layer if w is not None]
@@ -381,10 +382,21 @@ def _chosen(
 ) -> str:
     """The backend `resolve` picks for one direction of a layer of this shape (the same for every layer)."""
     spec = CELLS[cell]
+    traced_packed = batch_sizes is not None and torch.compiler.is_compiling()
+    if traced_packed:  # the batch is data there (fused_rnn.packing.checked_layout): judged by the rows, its bound
+        batch = input.shape[0]
     # The kernels index one step's [batch, saved_width * hidden] blocks with 32-bit offsets.
     offsets_fit = batch * max(spec.gates, spec.saved_width) * hidden < 2**31
     workload = Workload(
-        cell, batch, batch_sizes is not None, needs_backward, hidden, weight_hr is not None, zoned, single_step
+        cell,
+        batch,
+        batch_sizes is not None,
+        needs_backward,
+        hidden,
+        weight_hr is not None,
+        zoned,
+        single_step,
+        traced_packed,
     )
     return resolve(backend, input.device, input.dtype, offsets_fit, workload)
 
@@ -463,31 +475,6 @@ def zoneout_keep(
     columns = [torch.full((width,), p, dtype=dtype, device=like.device) for p, width in zip(probabilities, widths)]
     keep = torch.cat(columns).expand(num_rows, -1)
     return torch.bernoulli(keep) if training else keep.contiguous()
-
-
-def _batch_sizes(batch_sizes, input):
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
-    if batch_sizes is None:
-        if input.dim() != 3:
-            raise ValueError(f"input must be 3-D (T, B, I), got shape {tuple(input.shape)}")
-        if input.shape[0] == 0 or input.shape[1] == 0:
-            raise ValueError(
-                f"input must have at least one time step and one batch entry, got shape {tuple(input.shape)}"
-            )
-        return None
-    if isinstance(batch_sizes, torch.Tensor):
-        batch_sizes = batch_sizes.tolist()
-    batch_sizes = [int(b) for b in batch_sizes]
-    if input.dim() != 2:
-        raise ValueError(f"packed input must be 2-D (N, I) when batch_sizes is given, got shape {tuple(input.shape)}")
-    if not batch_sizes or batch_sizes[-1] < 1 or any(a < b for a, b in zip(batch_sizes, batch_sizes[1:])):
-        raise ValueError(f"batch_sizes must be positive and non-increasing, got {batch_sizes}")
-    if sum(batch_sizes) != input.shape[0]:
-        raise ValueError(f"batch_sizes sum to {sum(batch_sizes)} but input has {input.shape[0]} rows")
-    return batch_sizes
 
 
 def _check_weights(spec, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, input_size=None):

@@ -61,6 +61,10 @@ def layer_input(layer: str, input, input_size: int, batch_first: bool) -> LayerI
     messages) for what torch.nn's layers refuse."""
     if isinstance(input, PackedSequence):
         x, batch_sizes = input.data, input.batch_sizes.tolist()
+        if torch.compiler.is_compiling() and input.sorted_indices is not None:
+            # Traced, the batch sizes are values unknown until the graph runs (fused_rnn.packing.checked_layout); an
+            # unsorted sequence's batch is also its index's length, a size the graph knows.
+            torch._check(batch_sizes[0] == input.sorted_indices.shape[0])
         layout = LayerInput(x, batch_sizes, batch_sizes[0], False, batch_first, input)
     else:
         if not isinstance(input, torch.Tensor):

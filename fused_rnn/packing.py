@@ -12,8 +12,56 @@ import itertools
 import torch
 
 
+def checked_layout(input, batch_sizes) -> list[int] | None:
+    """batch_sizes as a list (None for padded input), once input (T, B, I) or packed rows (N, I) and it describe a
+    valid layout; TypeError/ValueError naming what does not.
+
+    While torch.compile or torch.export traces, a PackedSequence's batch_sizes tensor is data: its values are SymInts
+    without a value (unbacked), which the fused ops take as arguments and read when they run. The checks then become
+    the graph's runtime assertions (torch._check), and they also bound every batch size by the row count, which
+    decides the kernels' 32-bit offset checks without the values.
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+    if batch_sizes is None:
+        if input.dim() != 3:
+            raise ValueError(f"input must be 3-D (T, B, I), got shape {tuple(input.shape)}")
+        if input.shape[0] == 0 or input.shape[1] == 0:
+            raise ValueError(f"input must have at least one time step and one batch entry, got {tuple(input.shape)}")
+        return None
+    if isinstance(batch_sizes, torch.Tensor):
+        batch_sizes = batch_sizes.tolist()
+    if input.dim() != 2:
+        raise ValueError(f"packed input must be 2-D (N, I) when batch_sizes is given, got shape {tuple(input.shape)}")
+    if torch.compiler.is_compiling():
+        torch._check(len(batch_sizes) > 0, lambda: "batch_sizes must not be empty")
+        for earlier, later in zip(batch_sizes, batch_sizes[1:]):
+            torch._check(earlier >= later, lambda: "batch_sizes must be non-increasing")
+        torch._check(batch_sizes[-1] >= 1, lambda: "batch_sizes must be positive")
+        torch._check(batch_sizes[0] <= input.shape[0], lambda: "batch_sizes[0] exceeds the packed rows")
+        torch._check(sum(batch_sizes) == input.shape[0], lambda: "batch_sizes must sum to the packed rows")
+        return list(batch_sizes)
+    batch_sizes = [int(b) for b in batch_sizes]
+    if not batch_sizes or batch_sizes[-1] < 1 or any(a < b for a, b in zip(batch_sizes, batch_sizes[1:])):
+        raise ValueError(f"batch_sizes must be positive and non-increasing, got {batch_sizes}")
+    if sum(batch_sizes) != input.shape[0]:
+        raise ValueError(f"batch_sizes sum to {sum(batch_sizes)} but input has {input.shape[0]} rows")
+    return batch_sizes
+
+
 def time_steps(batch_sizes: list[int] | None, num_rows: int, batch: int, reverse: bool) -> list[tuple[int, int]]:
-    """(row offset, active batch) of each time step, in the order the recurrence visits them."""
+    """(row offset, active batch) of each time step, in the order the recurrence visits them.
+
+    A loop over them in Python cannot be traced for packed input, whose batch sizes are data under tracing
+    (checked_layout): the fused ops loop at run time; a step-by-step loop traced there raises a ValueError."""
+    if batch_sizes is not None and torch.compiler.is_compiling():
+        raise ValueError(
+            "packed input cannot run step by step (backend 'reference', or 'auto' where no fused kernel serves the "
+            "call) under torch.compile or torch.export: a PackedSequence's batch sizes are data there; use a fused "
+            "backend ('cpu' on CPU for float32/float64, 'triton' or 'cuda' on CUDA), or padded input"
+        )
     if batch_sizes is None:
         steps = [(offset, batch) for offset in range(0, num_rows, batch)]
     else:

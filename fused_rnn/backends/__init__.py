@@ -27,6 +27,11 @@ modules' chosen_backend).
 Zoneout (LSTM and GRU, with or without projection) runs on "triton", "cpu", "cuda" and "reference"; "auto" picks
 "triton" on CUDA and "cpu" on CPU (the reference where those cannot run: benchmarks/results/zoneout_cpu.md, the Triton
 interpreter is far slower), and "torch" and "persistent" refuse it by name.
+
+Under torch.compile or torch.export a PackedSequence's batch sizes are data (fused_rnn.packing.checked_layout), which
+the fused ops take as they are, while torch's decomposition of torch.nn's packed op needs their values: where "auto"
+would run "torch" on packed input it then runs "cpu" on CPU and "triton" on CUDA (Workload.traced_packed), and "torch"
+and the step-by-step reference refuse it by name.
 """
 
 import importlib.util
@@ -60,7 +65,9 @@ def _triton_unavailable(device: torch.device) -> str | None:
 class Workload(NamedTuple):
     """What "auto" weighs on CPU: the cell, the batch, packed or padded input, and whether a backward follows;
     and what "persistent" must fit on chip: the hidden size, and whether the LSTM has a projection; whether
-    the call has zoneout, which only some backends run; and whether it is one step of a cell module (LSTMCell...)."""
+    the call has zoneout, which only some backends run; whether it is one step of a cell module (LSTMCell...); and
+    whether it is packed input traced by torch.compile or torch.export, whose batch sizes are then data that only
+    the fused ops take (torch's decomposition of its packed RNN op and the reference's loop need their values)."""
 
     cell: str
     batch: int
@@ -70,6 +77,7 @@ class Workload(NamedTuple):
     projected: bool = False
     zoneout: bool = False
     single_step: bool = False
+    traced_packed: bool = False
 
 
 def native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -288,10 +296,22 @@ def resolve(
             raise ValueError(f"backend='triton' cannot run here: {reason}")
         return backend
     if device.type == "cuda":
-        return _cuda_auto(device, dtype, workload, _triton_cannot_run(device, dtype, offsets_fit_32_bits))
-    if workload is not None and native_cpu_is_faster(workload) and native_cpu_unavailable(device, dtype) is None:
-        return "cpu"
-    return "torch"
+        chosen = _cuda_auto(device, dtype, workload, _triton_cannot_run(device, dtype, offsets_fit_32_bits))
+    elif workload is not None and native_cpu_is_faster(workload) and native_cpu_unavailable(device, dtype) is None:
+        chosen = "cpu"
+    else:
+        chosen = "torch"
+    if chosen == "torch" and workload is not None and workload.traced_packed:
+        return _fused_for_traced_packed(device, dtype, offsets_fit_32_bits)
+    return chosen
+
+
+def _fused_for_traced_packed(device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool) -> str:
+    """What "auto" runs instead of torch.nn's op for packed input whose batch sizes are data (Workload.traced_packed):
+    the compiled kernels on CPU, Triton on CUDA; else the reference, whose loop then names the limit."""
+    if device.type == "cpu":
+        return "cpu" if native_cpu_unavailable(device, dtype) is None else "reference"
+    return "triton" if _triton_cannot_run(device, dtype, offsets_fit_32_bits) is None else "reference"
 
 
 def resolve_variant(backend: str, device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool = True) -> str:

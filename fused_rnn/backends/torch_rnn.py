@@ -32,6 +32,7 @@ def sequence(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight
         input = _traced_lstm_input(cell, input, state, weights)
         output, *final = _OPS[cell](input, state, *common, False)
     else:
+        _refuse_traced_packed()
         sizes = torch.tensor(batch_sizes, dtype=torch.int64)
         output, *final = _OPS[cell](input, sizes, state, *common)
     if reverse:
@@ -61,6 +62,7 @@ def layers(
         input = _traced_lstm_input(cell, input, state, weights)
         output, *final = _OPS[cell](input, state, *common, batch_first)
     else:
+        _refuse_traced_packed()
         sizes = batch_sizes if isinstance(batch_sizes, torch.Tensor) else torch.tensor(batch_sizes, dtype=torch.int64)
         output, *final = _OPS[cell](input, sizes, state, *common)
     return output, final[0], final[1] if c0 is not None else None
@@ -102,6 +104,16 @@ def _traced_lstm_input(cell, input, state, weights):
     if with_grad is None:  # inference: the oneDNN op is right
         return input
     return input + with_grad.flatten()[:0].sum()
+
+
+def _refuse_traced_packed():
+    """ValueError while tracing: torch's decomposition of the packed RNN ops (torch/_decomp) splits the rows by the
+    batch sizes' values, which are data there (fused_rnn.packing.checked_layout)."""
+    if torch.compiler.is_compiling():
+        raise ValueError(
+            "backend='torch' cannot run packed input under torch.compile or torch.export: torch's decomposition of its "
+            "packed RNN op needs the batch sizes' values, which are data there; use 'auto' or a fused backend"
+        )
 
 
 def _time_reversed(tensor, batch_sizes):

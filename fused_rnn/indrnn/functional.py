@@ -9,6 +9,7 @@ from fused_rnn.functional import checked_state
 from fused_rnn.indrnn import autograd, reference
 from fused_rnn.indrnn.reference import NONLINEARITIES
 from fused_rnn.modules import _autocast, _autocast_dtype
+from fused_rnn.packing import checked_layout
 
 Tensor = torch.Tensor
 
@@ -67,7 +68,7 @@ def indrnn(
         output (T, B, H) or (N, H), and h_n (B, H).
     """
     checked_nonlinearity(nonlinearity)
-    batch_sizes = _checked_layout(input, batch_sizes)
+    batch_sizes = checked_layout(input, batch_sizes)
     # Under autocast run in its lower precision, as torch.nn's recurrent layers do (float64 stays float64).
     cast = _autocast_dtype(input.device.type)
     input, hx, weight_ih, weight_hh, bias_ih = (_autocast(t, cast) for t in (input, hx, weight_ih, weight_hh, bias_ih))
@@ -100,30 +101,6 @@ def indrnn_cell(
     if input.dim() != 2:
         raise ValueError(f"input must be 2-D (B, I) for one step, got shape {tuple(input.shape)}")
     return indrnn(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, nonlinearity=nonlinearity, backend=backend)[1]
-
-
-def _checked_layout(input, batch_sizes):
-    """batch_sizes as a list of ints (None for padded input), once input and it describe a valid layout."""
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
-    if batch_sizes is None:
-        if input.dim() != 3:
-            raise ValueError(f"input must be 3-D (T, B, I), got shape {tuple(input.shape)}")
-        if input.shape[0] == 0 or input.shape[1] == 0:
-            raise ValueError(f"input must have at least one time step and one batch entry, got {tuple(input.shape)}")
-        return None
-    if isinstance(batch_sizes, torch.Tensor):
-        batch_sizes = batch_sizes.tolist()
-    batch_sizes = [int(b) for b in batch_sizes]
-    if input.dim() != 2:
-        raise ValueError(f"packed input must be 2-D (N, I) when batch_sizes is given, got shape {tuple(input.shape)}")
-    if not batch_sizes or batch_sizes[-1] < 1 or any(a < b for a, b in zip(batch_sizes, batch_sizes[1:])):
-        raise ValueError(f"batch_sizes must be positive and non-increasing, got {batch_sizes}")
-    if sum(batch_sizes) != input.shape[0]:
-        raise ValueError(f"batch_sizes sum to {sum(batch_sizes)} but input has {input.shape[0]} rows")
-    return batch_sizes
 
 
 def _check_weights(input, weight_ih, weight_hh, bias_ih):

@@ -11,6 +11,7 @@ from fused_rnn.backends import resolve_variant
 from fused_rnn.functional import checked_state
 from fused_rnn.layernorm import autograd, reference, torch_loop
 from fused_rnn.layernorm.reference import GATES
+from fused_rnn.packing import checked_layout
 
 Tensor = torch.Tensor
 
@@ -153,7 +154,7 @@ def _step_input(input):
 
 def _run(cell, input, h0, c0, tensors, batch_sizes, reverse, backend):
     checked_backend(backend)
-    batch_sizes = _checked_layout(input, batch_sizes)
+    batch_sizes = checked_layout(input, batch_sizes)
     hidden = _checked_weights(cell, input, tensors)
     batch = batch_sizes[0] if batch_sizes is not None else input.shape[1]
     h0 = checked_state("hx[0]" if cell == "lstm" else "hx", h0, input, (batch, hidden))
@@ -183,30 +184,6 @@ def _run(cell, input, h0, c0, tensors, batch_sizes, reverse, backend):
     kernel = "triton" if chosen == "triton" else "native"
     output, h_n, c_n, *_ = autograd.forward(cell, *contiguous, batch_sizes, reverse, save, kernel)
     return output.reshape(*input.shape[:-1], output.shape[-1]), h_n, c_n if cell == "lstm" else None
-
-
-def _checked_layout(input, batch_sizes):
-    """batch_sizes as a list of ints (None for padded input), once input and it describe a valid layout."""
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
-    if batch_sizes is None:
-        if input.dim() != 3:
-            raise ValueError(f"input must be 3-D (T, B, I), got shape {tuple(input.shape)}")
-        if input.shape[0] == 0 or input.shape[1] == 0:
-            raise ValueError(f"input must have at least one time step and one batch entry, got {tuple(input.shape)}")
-        return None
-    if isinstance(batch_sizes, torch.Tensor):
-        batch_sizes = batch_sizes.tolist()
-    batch_sizes = [int(b) for b in batch_sizes]
-    if input.dim() != 2:
-        raise ValueError(f"packed input must be 2-D (N, I) when batch_sizes is given, got shape {tuple(input.shape)}")
-    if not batch_sizes or batch_sizes[-1] < 1 or any(a < b for a, b in zip(batch_sizes, batch_sizes[1:])):
-        raise ValueError(f"batch_sizes must be positive and non-increasing, got {batch_sizes}")
-    if sum(batch_sizes) != input.shape[0]:
-        raise ValueError(f"batch_sizes sum to {sum(batch_sizes)} but input has {input.shape[0]} rows")
-    return batch_sizes
 
 
 def _checked_weights(cell, input, tensors) -> int:

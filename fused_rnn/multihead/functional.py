@@ -11,9 +11,9 @@ import torch
 
 from fused_rnn.backends import resolve_variant
 from fused_rnn.functional import checked_state
-from fused_rnn.indrnn.functional import _checked_layout as checked_layout
 from fused_rnn.multihead import autograd, reference, sequence
 from fused_rnn.multihead.reference import FORGET_GATES, GATES, STATES
+from fused_rnn.packing import checked_layout
 
 Tensor = torch.Tensor
 
