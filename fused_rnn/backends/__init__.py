@@ -166,6 +166,11 @@ CUDA_PERSISTENT_FASTER = (
 )
 
 
+@torch.compiler.assume_constant_result  # asked while tracing: a tuple from the driver, which dynamo cannot trace
+def _compute_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def _persistent_measured_faster(device: torch.device, dtype: torch.dtype, workload: Workload) -> bool:
     if workload.projected or workload.single_step:  # measured on sequences of 1024 steps, not on one cell step
         return False
@@ -179,7 +184,7 @@ def _persistent_measured_faster(device: torch.device, dtype: torch.dtype, worklo
     return (
         bool(ranges)
         and _native_cuda_unavailable(device, dtype) is None
-        and torch.cuda.get_device_capability(device) in [r.capability for r in ranges]
+        and _compute_capability(device) in [r.capability for r in ranges]
         and _persistent_unavailable(device, dtype, workload) is None
     )
 

@@ -189,6 +189,7 @@ def built_with_cuda() -> bool:
     return unavailable() is None and bool(_module.with_cuda)
 
 
+@torch.compiler.assume_constant_result  # a process constant, asked while tracing (a bool dynamo cannot trace)
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether the loaded kernels registered `op` ("sequence_forward"/"sequence_backward") for `device_type`."""
     return unavailable() is None and torch._C._dispatch_has_kernel_for_dispatch_key(

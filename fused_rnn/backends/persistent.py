@@ -200,6 +200,7 @@ def plan_backward(cell: str, hidden: int, batch: int, dtype: torch.dtype, device
 # ---------------------------------------------------------------------------------------------- the driver
 
 
+@torch.compiler.assume_constant_result  # a device's constants, asked while tracing: read outside the traced region
 def device_limits(device: torch.device) -> DeviceLimits:
     """The limits of CUDA device `device`, read by the compiled extension as the launcher reads them."""
     return _device_limits(device.index if device.index is not None else torch.cuda.current_device())
