@@ -190,7 +190,8 @@ def test_the_readme_states_the_matrix_as_it_is():
     matrix, reduced = cases("cpu"), cases("cuda", reduced=True)
     count = lambda compiler: sum(c.compiler == compiler for c in matrix)
     assert f"{len(matrix)} cases" in row and f"{len(reduced)} cases" in row
-    assert f"{count('inductor')} inductor and {count('export')} export cases" in row
+    exports = f"{count('export')} non-strict and {count('export_strict')} strict torch.export cases"
+    assert f"{count('inductor')} inductor, {exports}" in row
     tolerance = f"{compile_matrix.RELATIVE_TOLERANCE:.0e}".replace("e-0", "e-")
     assert f"normwise relative error at most {tolerance}" in row
     assert f"about {compile_matrix.PER_PROCESS} in a new process" in row
