@@ -397,6 +397,7 @@ def _chosen(
         zoned,
         single_step,
         traced_packed,
+        0 if traced_packed else (input.shape[0] if batch_sizes is None else len(batch_sizes)),
     )
     return resolve(backend, input.device, input.dtype, offsets_fit, workload)
 

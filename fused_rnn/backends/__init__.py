@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import torch
 
+from fused_rnn import tuning
 from fused_rnn.backends import native, persistent
 
 NAMES = ("auto", "triton", "cuda", "persistent", "cpu", "torch", "reference")
@@ -78,6 +79,7 @@ class Workload(NamedTuple):
     zoneout: bool = False
     single_step: bool = False
     traced_packed: bool = False
+    steps: int = 0
 
 
 def native_cpu_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -308,7 +310,37 @@ def resolve(
         chosen = "torch"
     if chosen == "torch" and workload is not None and workload.traced_packed:
         return _fused_for_traced_packed(device, dtype, offsets_fit_32_bits)
-    return chosen
+    return _tuned(chosen, device, dtype, offsets_fit_32_bits, workload)
+
+
+# What "auto" may tune among, per device type, torch.nn's kernels first (what a call is kept on unless another is
+# clearly faster). Not Triton on CPU: there it runs in its interpreter.
+TUNED_BACKENDS = {"cpu": ("torch", "cpu"), "cuda": ("torch", "persistent", "triton", "cuda")}
+
+
+def _tuned(chosen: str, device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool, workload) -> str:
+    """ "auto"'s pick: `chosen` by the committed rules, or where tuning applies (fused_rnn.tuning) and more than one
+    backend serves the call, the fastest of them on this machine. A cell module's step, zoneout and packed input
+    being traced keep the rules."""
+    if workload is None or workload.zoneout or workload.single_step or workload.traced_packed:
+        return chosen
+    if device.type not in TUNED_BACKENDS or not tuning.applies():
+        return chosen
+    serving = [b for b in TUNED_BACKENDS[device.type] if _serves(b, device, dtype, offsets_fit_32_bits, workload)]
+    if len(serving) < 2:
+        return chosen
+    replaced = "torch" if "torch" in serving else chosen
+    return tuning.winner(device, dtype, workload, [replaced] + [b for b in serving if b != replaced])
+
+
+def _serves(backend, device, dtype, offsets_fit_32_bits, workload) -> bool:
+    if backend == "torch":  # cuDNN's RNN is not reproducible everywhere
+        return device.type != "cuda" or not torch.are_deterministic_algorithms_enabled()
+    try:
+        resolve(backend, device, dtype, offsets_fit_32_bits, workload)
+    except ValueError:
+        return False
+    return True
 
 
 def _fused_for_traced_packed(device: torch.device, dtype: torch.dtype, offsets_fit_32_bits: bool) -> str:
