@@ -56,15 +56,17 @@ class LayerInput:
         return (x.transpose(0, 1) if self.batch_first else x), list(finals)
 
 
-def layer_input(layer: str, input, input_size: int, batch_first: bool) -> LayerInput:
+def layer_input(layer: str, input, input_size: int, batch_first: bool, hx=None) -> LayerInput:
     """`input` of layer `layer` (its class name, for the errors) as a LayerInput; TypeError/ValueError (torch.nn's
-    messages) for what torch.nn's layers refuse."""
+    messages) for what torch.nn's layers refuse. hx: the initial state(s) the layer was given, or None."""
     if isinstance(input, PackedSequence):
         x, batch_sizes = input.data, input.batch_sizes.tolist()
-        if torch.compiler.is_compiling() and input.sorted_indices is not None:
-            # Traced, the batch sizes are values unknown until the graph runs (fused_rnn.packing.checked_layout); an
-            # unsorted sequence's batch is also its index's length, a size the graph knows.
-            torch._check(batch_sizes[0] == input.sorted_indices.shape[0])
+        if torch.compiler.is_compiling():
+            # Traced, the batch sizes are values unknown until the graph runs (fused_rnn.packing.checked_layout); the
+            # batch is also a size the graph knows: an unsorted sequence's index length, or a given state's.
+            known = input.sorted_indices.shape[0] if input.sorted_indices is not None else _state_batch(hx)
+            if known is not None:
+                torch._check(batch_sizes[0] == known)
         layout = LayerInput(x, batch_sizes, batch_sizes[0], False, batch_first, input)
     else:
         if not isinstance(input, torch.Tensor):
@@ -77,6 +79,13 @@ def layer_input(layer: str, input, input_size: int, batch_first: bool) -> LayerI
     if layout.x.shape[-1] != input_size:
         raise ValueError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {x.shape[-1]}")
     return layout
+
+
+def _state_batch(hx) -> int | None:
+    """The batch of a layer's initial state(s) (layers * directions, B, ·), or None where none is a 3-D tensor (the
+    layer then names what is wrong with it)."""
+    states = hx if isinstance(hx, (tuple, list)) else (hx,)
+    return next((s.shape[1] for s in states if isinstance(s, Tensor) and s.dim() == 3), None)
 
 
 def cell_input(cell: str, input, input_size: int) -> tuple[Tensor, bool]:

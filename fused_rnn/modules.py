@@ -130,7 +130,7 @@ class _FusedRNNBase(_RemembersVerdicts):
         result = self._forward_remembered_on_torch_nn(input, hx)
         if result is not None:
             return result
-        layout = layer_input(type(self).__name__, input, self.input_size, self.batch_first)
+        layout = layer_input(type(self).__name__, input, self.input_size, self.batch_first, hx)
         # Under autocast the input and the states may arrive in different dtypes (an fp32 hx beside a bf16 input
         # from an autocast op); like torch.nn, cast them first and check that they agree after.
         cast = _autocast_dtype(layout.x.device.type)

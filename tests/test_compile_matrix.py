@@ -197,3 +197,27 @@ def test_the_readme_states_the_matrix_as_it_is():
     assert f"about {compile_matrix.PER_PROCESS} in a new process" in row
     for backend in compile_matrix.CUDA_BACKENDS:
         assert f'"{backend}"' in row
+
+
+STATES = [
+    pytest.param(
+        lambda: fused_rnn.LSTM(4, 8, num_layers=2), lambda: (torch.randn(2, 3, 8), torch.randn(2, 3, 8)), id="lstm"
+    ),
+    pytest.param(
+        lambda: fused_rnn.sLSTM(4, 8, num_heads=2),
+        lambda: (torch.randn(1, 3, 8), torch.randn(1, 3, 8), torch.rand(1, 3, 8) + 1, torch.randn(1, 3, 8)),
+        id="slstm",
+    ),
+]
+
+
+@pytest.mark.parametrize("build, state", STATES)
+def test_packed_input_with_sorted_lengths_and_a_state_compiles(build, state):
+    """Sorted lengths leave a PackedSequence without sorted_indices: traced, its batch is then the given state's."""
+    torch._dynamo.reset()
+    layer, hx = build(), state()
+    x = pack_padded_sequence(torch.randn(3, 3, 4), [3, 2, 1], enforce_sorted=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    got, expected = compile_matrix._flat(compiled(x, hx)), compile_matrix._flat(layer(x, hx))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)

@@ -115,7 +115,7 @@ class IndRNN(nn.Module):
         )
 
     def forward(self, input, hx=None):
-        layout = layer_input("IndRNN", input, self.input_size, self.batch_first)
+        layout = layer_input("IndRNN", input, self.input_size, self.batch_first, hx)
         x, batch_sizes = layout.x, layout.batch_sizes
         (h0,) = layout.sorted_states([self._initial_state(hx, x, layout.batch, layout.unbatched)])
 

@@ -102,7 +102,7 @@ class _LayerNormRNN(nn.Module):
         return run(x, state, *weights, batch_sizes=batch_sizes, reverse=reverse, backend=self.backend)
 
     def forward(self, input, hx=None):
-        layout = layer_input(type(self).__name__, input, self.input_size, self.batch_first)
+        layout = layer_input(type(self).__name__, input, self.input_size, self.batch_first, hx)
         x, batch_sizes = layout.x, layout.batch_sizes
         states = layout.sorted_states(self._initial_states(hx, x, layout.batch, layout.unbatched))
 

@@ -156,7 +156,7 @@ class _MultiHeadRNN(nn.Module):
 
     def _run(self, input, state):
         """(output, final state tuple of (layers * directions, B, H) tensors) for a state tuple or None."""
-        layout = layer_input(type(self).__name__, input, self.input_size, self.batch_first)
+        layout = layer_input(type(self).__name__, input, self.input_size, self.batch_first, state)
         x, batch_sizes = layout.x, layout.batch_sizes
         state = tuple(layout.sorted_states(self._initial_state(state, x, layout.batch, layout.unbatched)))
 
