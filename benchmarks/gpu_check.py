@@ -10,8 +10,9 @@ The parts run in this order, the most valuable first, each in its own process(es
 last GPU run's log, so that a part that fails, crashes or hangs costs only its own budget: install (so that no later
 part compiles the kernels on first use), environment, the tests that failed on the last GPU run, the tests marked
 gpu, the variant layers' test files (in parallel processes on the one GPU), compute-sanitizer (memcheck of every
-kernel family, racecheck and synccheck of the persistent kernels), the core benchmark cases missing from this GPU's
-committed results, and the variant layers' benchmarks. Each test's result, and a failure's reason, reach the log as
+kernel family, racecheck and synccheck of the persistent kernels), the step loops replayed as CUDA graphs against
+the plain loops and cuDNN, the core benchmark cases missing from this GPU's committed results, and the variant
+layers' benchmarks. Each test's result, and a failure's reason, reach the log as
 the test ends, so a part killed at its limit still says what failed and why. The run ends with one summary line per
 part (also in OUTDIR/summary.txt) and exits 1 if any part failed.
 
@@ -585,6 +586,16 @@ def benchmark(outdir: Path, rehearse: bool, time_limit_s: float, args=None) -> O
     return Outcome(True, _last_line(log))
 
 
+def graph_benchmarks(outdir: Path, rehearse: bool, time_limit_s: float, args=None) -> Outcome:
+    log = outdir / "graphs.log"
+    command = [sys.executable, "-m", "benchmarks.graphs_gpu", str(outdir)]
+    command += ["--seconds", f"{time_limit_s - BENCHMARK_MARGIN_S:.0f}"] + (["--dry-run"] if rehearse else [])
+    status = run_logged(command, log, time_limit_s, _environment(rehearse))
+    if status != 0:
+        return _failed(status, log, time_limit_s)
+    return Outcome(True, _last_line(log))
+
+
 def variant_benchmarks(outdir: Path, rehearse: bool, time_limit_s: float, args=None) -> Outcome:
     log = outdir / "variant-benchmarks.log"
     command = [sys.executable, "-m", "benchmarks.variants_gpu", str(outdir)]
@@ -721,25 +732,26 @@ def _runs_on(backend: str, device, dtype, workload=None) -> bool:
 
 
 PARTS = [
-    Part("install", 75, "pip install -e . (builds the CPU and CUDA kernels; 61 s last run)", install),
-    Part("environment", 15, "versions, GPU, driver, tools, commit (7 s)", check_environment),
+    Part("install", 70, "pip install -e . (builds the CPU and CUDA kernels; 61 s last run)", install),
+    Part("environment", 10, "versions, GPU, driver, tools, commit (7 s)", check_environment),
     Part(
         "failed-before", 40, "the tests that failed on the last GPU run: " + ", ".join(FAILED_LAST_RUN), failed_last_run
     ),
-    Part("gpu-tests", 100, "pytest -m gpu: every backend against torch.nn in float64 (70 s)", gpu_tests),
+    Part("gpu-tests", 100, "pytest -m gpu: every backend against torch.nn in float64, graph replay (70 s)", gpu_tests),
     Part(
         "variant-tests",
-        150,
+        140,
         f"the variant layers' test files on CUDA, in {VARIANT_SHARDS} processes (937 tests, about 0.8 s each)",
         variant_tests,
     ),
     Part(
         "sanitizer",
-        100,
+        95,
         "compute-sanitizer memcheck of every kernel family; racecheck, synccheck of persistent",
         run_sanitizer,
     ),
-    Part("benchmarks", 90, "core cases missing from the committed results (GRU, RNN, the persistent range)", benchmark),
+    Part("graphs", 45, "the step loops replayed as CUDA graphs against the plain loops and cuDNN", graph_benchmarks),
+    Part("benchmarks", 80, "core cases missing from the committed results (GRU, RNN, the persistent range)", benchmark),
     Part("variant-benchmarks", 80, "the variant layers against plain and compiled PyTorch loops", variant_benchmarks),
 ]
 

@@ -32,7 +32,7 @@ def test_rehearsal_runs_every_part_on_cpu(tmp_path):
     assert "memcheck not checked (rehearsal, no GPU)" in parts["sanitizer"] and "zoneout_gru on" in parts["sanitizer"]
     assert "synccheck not checked (rehearsal, no GPU)" in parts["sanitizer"]
     written = {p.name for p in tmp_path.iterdir()}
-    assert {"cpu.json", "cpu.md", "cpu.png", "cpu-variants.json", "gpu-tests.log", "sanitizer.log"} <= written
+    assert {"cpu.json", "cpu.md", "cpu.png", "cpu-variants.json", "cpu-graphs.json", "sanitizer.log"} <= written
     results = json.loads((tmp_path / "cpu.json").read_text())["results"]
     assert {"fused_rnn.triton", "fused_rnn.reference", "torch.nn"} <= {r["contender"] for r in results}
     assert [r for r in results if r["failure"]] == []
@@ -57,6 +57,7 @@ def test_dry_run_prints_the_plan_within_11_minutes_most_valuable_first(tmp_path)
     lines = planned()
     names = [re.match(r"\d+\. (\S+) \((\d+) s\)", line).group(1) for line in lines[:-1]]
     assert names == ["install", "environment", "failed-before", "gpu-tests", "variant-tests", "sanitizer"] + [
+        "graphs",
         "benchmarks",
         "variant-benchmarks",
     ]
