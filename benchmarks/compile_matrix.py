@@ -420,6 +420,9 @@ def _worker_environment(device: str, cache: str) -> dict:
         environment.pop("TRITON_INTERPRET", None)  # which would keep Triton off the GPU
     # One process per batch already keeps the cores busy; inductor's pool of compile workers would cost its start.
     environment["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+    # "auto" is never tuned while tracing (fused_rnn.tuning); its eager calls here keep the same rules rather than
+    # time the backends again in every new process.
+    environment["FUSED_RNN_AUTOTUNE"] = "0"
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), environment.get("PYTHONPATH")]))
     return environment
 
