@@ -9,10 +9,10 @@
 The parts run in this order, the most valuable first, each in its own process(es) with a time limit set from the
 last GPU run's log, so that a part that fails, crashes or hangs costs only its own budget: install (so that no later
 part compiles the kernels on first use), environment, the tests that failed on the last GPU run, the tests marked
-gpu, the variant layers' test files (in parallel processes on the one GPU), compute-sanitizer (memcheck of every
-kernel family, racecheck and synccheck of the persistent kernels), the step loops replayed as CUDA graphs against
-the plain loops and cuDNN, the core benchmark cases missing from this GPU's committed results, and the variant
-layers' benchmarks. Each test's result, and a failure's reason, reach the log as
+gpu, the variant layers' test files (in parallel processes on the one GPU), the reduced torch.compile/export matrix,
+compute-sanitizer (memcheck of every kernel family, racecheck and synccheck of the persistent kernels), the step
+loops replayed as CUDA graphs against the plain loops and cuDNN, the core benchmark cases missing from this GPU's
+committed results, and the variant layers' benchmarks. Each test's result, and a failure's reason, reach the log as
 the test ends, so a part killed at its limit still says what failed and why. The run ends with one summary line per
 part (also in OUTDIR/summary.txt) and exits 1 if any part failed.
 
@@ -390,6 +390,19 @@ def run_logged_together(
     return statuses
 
 
+def compile_matrix(outdir: Path, rehearse: bool, time_limit_s: float, args=None) -> Outcome:
+    """The reduced torch.compile / torch.export matrix (benchmarks.compile_matrix) on CUDA: its pairwise covers, in
+    parallel processes; a case the time limit cut off counts as failed."""
+    log = outdir / "compile-matrix.log"
+    command = [sys.executable, "-m", "benchmarks.compile_matrix", "--reduced", "--jobs", "8"]
+    command += ["--time-limit", f"{time_limit_s - BENCHMARK_MARGIN_S:.0f}"]
+    command += ["--device", "cpu", "--only", "rnn_relu", "aot_eager"] if rehearse else ["--device", "cuda"]
+    status = run_logged(command, log, time_limit_s, _environment(rehearse))
+    if status != 0:
+        return _failed(status, log, time_limit_s)
+    return Outcome(True, f"ok: {_last_line(log)}")
+
+
 # ---- compute-sanitizer ----
 
 
@@ -740,19 +753,20 @@ PARTS = [
     Part("gpu-tests", 100, "pytest -m gpu: every backend against torch.nn in float64, graph replay (70 s)", gpu_tests),
     Part(
         "variant-tests",
-        140,
+        120,
         f"the variant layers' test files on CUDA, in {VARIANT_SHARDS} processes (937 tests, about 0.8 s each)",
         variant_tests,
     ),
+    Part("compile-matrix", 60, "torch.compile and torch.export, the reduced matrix's 54 cases on CUDA", compile_matrix),
     Part(
         "sanitizer",
-        95,
+        90,
         "compute-sanitizer memcheck of every kernel family; racecheck, synccheck of persistent",
         run_sanitizer,
     ),
     Part("graphs", 45, "the step loops replayed as CUDA graphs against the plain loops and cuDNN", graph_benchmarks),
-    Part("benchmarks", 80, "core cases missing from the committed results (GRU, RNN, the persistent range)", benchmark),
-    Part("variant-benchmarks", 80, "the variant layers against plain and compiled PyTorch loops", variant_benchmarks),
+    Part("benchmarks", 70, "core cases missing from the committed results (GRU, RNN, the persistent range)", benchmark),
+    Part("variant-benchmarks", 55, "the variant layers against plain and compiled PyTorch loops", variant_benchmarks),
 ]
 
 

@@ -29,6 +29,7 @@ def test_rehearsal_runs_every_part_on_cpu(tmp_path):
     parts = dict(line.split(": ", 1) for line in summary)
     assert parts["failed-before"].startswith("ok: ") and " 0 failed" in parts["failed-before"]
     assert re.match(r"ok: [1-9]\d* passed, 0 failed", parts["variant-tests"])  # two shards, joined
+    assert re.search(r"([1-9]\d*) of \1 compile-matrix cases passed", parts["compile-matrix"])
     assert "memcheck not checked (rehearsal, no GPU)" in parts["sanitizer"] and "zoneout_gru on" in parts["sanitizer"]
     assert "synccheck not checked (rehearsal, no GPU)" in parts["sanitizer"]
     written = {p.name for p in tmp_path.iterdir()}
@@ -56,7 +57,8 @@ def test_dry_run_prints_the_plan_within_11_minutes_most_valuable_first(tmp_path)
 
     lines = planned()
     names = [re.match(r"\d+\. (\S+) \((\d+) s\)", line).group(1) for line in lines[:-1]]
-    assert names == ["install", "environment", "failed-before", "gpu-tests", "variant-tests", "sanitizer"] + [
+    assert names == ["install", "environment", "failed-before", "gpu-tests", "variant-tests", "compile-matrix"] + [
+        "sanitizer",
         "graphs",
         "benchmarks",
         "variant-benchmarks",
