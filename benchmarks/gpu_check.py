@@ -393,14 +393,10 @@ def run_logged_together(
 def compile_matrix(outdir: Path, rehearse: bool, time_limit_s: float, args=None) -> Outcome:
     """The reduced torch.compile / torch.export matrix (benchmarks.compile_matrix) on CUDA: its pairwise covers, in
     parallel processes; a case the time limit cut off counts as failed."""
-    log = outdir / "compile-matrix.log"
     command = [sys.executable, "-m", "benchmarks.compile_matrix", "--reduced", "--jobs", "8"]
     command += ["--time-limit", f"{time_limit_s - BENCHMARK_MARGIN_S:.0f}"]
     command += ["--device", "cpu", "--only", "rnn_relu", "aot_eager"] if rehearse else ["--device", "cuda"]
-    status = run_logged(command, log, time_limit_s, _environment(rehearse))
-    if status != 0:
-        return _failed(status, log, time_limit_s)
-    return Outcome(True, f"ok: {_last_line(log)}")
+    return _logged_part(outdir / "compile-matrix.log", command, time_limit_s, rehearse)
 
 
 # ---- compute-sanitizer ----
@@ -588,33 +584,28 @@ def persistent_workload(rehearse: bool) -> int:
 
 
 def benchmark(outdir: Path, rehearse: bool, time_limit_s: float, args=None) -> Outcome:
-    log = outdir / "benchmarks.log"
     budget = f"{time_limit_s - BENCHMARK_MARGIN_S:.0f}"
     extra = ["--seconds", budget] + (["--remeasure"] if args is not None and args.remeasure else [])
-    status = run_logged(
-        _module_command(outdir, rehearse, "benchmarks", *extra), log, time_limit_s, _environment(rehearse)
-    )
-    if status != 0:
-        return _failed(status, log, time_limit_s)
-    return Outcome(True, _last_line(log))
+    command = _module_command(outdir, rehearse, "benchmarks", *extra)
+    return _logged_part(outdir / "benchmarks.log", command, time_limit_s, rehearse)
 
 
 def graph_benchmarks(outdir: Path, rehearse: bool, time_limit_s: float, args=None) -> Outcome:
-    log = outdir / "graphs.log"
     command = [sys.executable, "-m", "benchmarks.graphs_gpu", str(outdir)]
     command += ["--seconds", f"{time_limit_s - BENCHMARK_MARGIN_S:.0f}"] + (["--dry-run"] if rehearse else [])
-    status = run_logged(command, log, time_limit_s, _environment(rehearse))
-    if status != 0:
-        return _failed(status, log, time_limit_s)
-    return Outcome(True, _last_line(log))
+    return _logged_part(outdir / "graphs.log", command, time_limit_s, rehearse)
 
 
 def variant_benchmarks(outdir: Path, rehearse: bool, time_limit_s: float, args=None) -> Outcome:
-    log = outdir / "variant-benchmarks.log"
     command = [sys.executable, "-m", "benchmarks.variants_gpu", str(outdir)]
     command += ["--seconds", f"{time_limit_s - BENCHMARK_MARGIN_S:.0f}"]
     command += ["--remeasure"] if args is not None and args.remeasure else []
     command += ["--dry-run", "--layers", "indrnn", "zoneout_gru"] if rehearse else []
+    return _logged_part(outdir / "variant-benchmarks.log", command, time_limit_s, rehearse)
+
+
+def _logged_part(log: Path, command: list[str], time_limit_s: float, rehearse: bool) -> Outcome:
+    """A part that is one command: its log's last line when it exits 0."""
     status = run_logged(command, log, time_limit_s, _environment(rehearse))
     if status != 0:
         return _failed(status, log, time_limit_s)

@@ -12,7 +12,6 @@ output.sum(), backward. Writes OUTDIR/<device>-graphs.json and .md. --dry-run: C
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -121,20 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 not_started.append(f"{case} {dtype_name}")
                 continue
             rows += measure(case, dtype_name, device, runs)
-    result = {"environment": report.describe_environment(device), "rows": rows}
-    path = args.outdir / f"{report.device_slug(device)}-graphs.json"
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    path.with_suffix(".md").write_text(markdown(result))
-    failed = [r for r in rows if r["failure"]]
-    for label in not_started:
-        print(f"not started (time limit): {label}")
-    print(
-        f"graphs: {len(rows) - len(failed)} of {len(rows)} measurements ok, {len(failed)} failed, "
-        f"{len(not_started)} cases not started, on {result['environment']['device_name']}; wrote {path.name}, "
-        f"{path.with_suffix('.md').name}"
-    )
-    return 1 if failed else 0
+    return report.write_gpu_rows(args.outdir, "graphs", rows, device, markdown, not_started, "graphs")
 
 
 if __name__ == "__main__":

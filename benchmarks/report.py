@@ -340,3 +340,22 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def write_gpu_rows(outdir: Path, suffix: str, rows: list[dict], device, markdown, not_started: list[str], what: str):
+    """OUTDIR/<device>-<suffix>.json and .md of a GPU benchmark's rows, and its closing lines: what was not started
+    and one summary line. Returns the exit status: 1 when a measurement failed."""
+    result = {"environment": describe_environment(device), "rows": rows}
+    path = outdir / f"{device_slug(device)}-{suffix}.json"
+    outdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.with_suffix(".md").write_text(markdown(result))
+    failed = [r for r in rows if r["failure"]]
+    for label in not_started:
+        print(f"not started (time limit): {label}")
+    print(
+        f"{what}: {len(rows) - len(failed)} of {len(rows)} measurements ok, {len(failed)} failed, "
+        f"{len(not_started)} cases not started, on {result['environment']['device_name']}; wrote {path.name}, "
+        f"{path.with_suffix('.md').name}"
+    )
+    return 1 if failed else 0

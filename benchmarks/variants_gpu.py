@@ -171,14 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     stop_at = time.monotonic() + args.seconds
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     shape, runs = (DRY_RUN_SHAPE, (1, 2)) if args.dry_run else (SHAPE, RUNS)
-    name = f"{report.device_slug(device)}-variants.json"
-    committed = report.RESULTS / name
+    committed = report.RESULTS / f"{report.device_slug(device)}-variants.json"
     kept = json.loads(committed.read_text())["rows"] if committed.exists() and not args.remeasure else []
-    path = args.outdir / name
     measured = {(r["layer"], r["dtype"]) for r in kept}
     cases = [(layer, dtype) for layer in args.layers for dtype in DTYPES if (layer, dtype) not in measured]
     # First every case without the compiled loop, then the compiled loop of each as the time left allows.
-    plan = [(name, dtype, False) for name, dtype in cases] + [(name, dtype, True) for name, dtype in cases]
+    plan = [(layer, dtype, False) for layer, dtype in cases] + [(layer, dtype, True) for layer, dtype in cases]
     rows, not_started = [], []
     for layer, dtype, compiled in plan:
         if time.monotonic() > stop_at:
@@ -192,19 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     replaced = {(r["layer"], r["dtype"], r["contender"]) for r in rows}
     rows = [r for r in kept if (r["layer"], r["dtype"], r["contender"]) not in replaced] + rows
-    result = {"environment": report.describe_environment(device), "rows": rows}
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    path.with_suffix(".md").write_text(markdown(result))
-    failed = [r for r in rows if r["failure"]]
-    for label in not_started:
-        print(f"not started (time limit): {label}")
-    print(
-        f"variant benchmarks: {len(rows) - len(failed)} of {len(rows)} measurements ok, {len(failed)} failed, "
-        f"{len(not_started)} of {len(plan)} cases not started, on {result['environment']['device_name']}; "
-        f"wrote {path.name}, {path.with_suffix('.md').name}"
-    )
-    return 1 if failed else 0
+    return report.write_gpu_rows(args.outdir, "variants", rows, device, markdown, not_started, "variant benchmarks")
 
 
 if __name__ == "__main__":

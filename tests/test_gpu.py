@@ -173,6 +173,11 @@ def _outputs_and_grads_with_graphs(module, x, replayed):
         graphs.ENABLED = enabled
 
 
+def _assert_identical(plain, replayed):
+    for index, (p, r) in enumerate(zip(plain, replayed, strict=True)):
+        assert torch.equal(p, r), f"tensor {index}: max diff {(p.double() - r.double()).abs().max().item():.3e}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize(
     "layer, options",
@@ -188,9 +193,7 @@ def test_replayed_cuda_graphs_give_exactly_the_plain_loops_numbers(layer, option
     x = torch.randn(85, 3, 16, device="cuda", dtype=dtype)
     plain = _outputs_and_grads_with_graphs(module, x, replayed=False)
     for _ in range(2):
-        replayed = _outputs_and_grads_with_graphs(module, x, replayed=True)
-        for index, (p, r) in enumerate(zip(plain, replayed, strict=True)):
-            assert torch.equal(p, r), f"tensor {index}: max diff {(p.double() - r.double()).abs().max().item():.3e}"
+        _assert_identical(plain, _outputs_and_grads_with_graphs(module, x, replayed=True))
     assert graphs._entries and all(len(entry.graphs) == 4 for entry in graphs._entries.values())
 
 
@@ -225,8 +228,6 @@ def test_the_cuda_drivers_replayed_calls_give_exactly_its_plain_numbers(layer, d
     x = torch.randn(50, 3, 16, device="cuda", dtype=dtype)
     plain = _outputs_and_grads_with_graphs(module, x, replayed=False)
     for _ in range(3):
-        replayed = _outputs_and_grads_with_graphs(module, x, replayed=True)
-        for index, (p, r) in enumerate(zip(plain, replayed, strict=True)):
-            assert torch.equal(p, r), f"tensor {index}: max diff {(p.double() - r.double()).abs().max().item():.3e}"
+        _assert_identical(plain, _outputs_and_grads_with_graphs(module, x, replayed=True))
     calls = [call for call in graphs._calls.values() if call is not None]
     assert len(calls) == 2 and all(call.graph not in (None, graphs._NOT_CAPTURABLE) for call in calls)
