@@ -15,6 +15,7 @@ processes that write it at once each keep the other's entries but for the ones t
 the file whole, after merging what it holds).
 """
 
+import functools
 import importlib.metadata
 import json
 import os
@@ -35,11 +36,15 @@ except ImportError:  # Windows: writes are not serialized there
 ENABLED = os.environ.get("FUSED_RNN_AUTOTUNE", "1") != "0"
 MARGIN = 0.9
 LONGEST_TIMED_STEPS = 64  # longer sequences are timed at this length: the per-step costs decide there
-WARMUP, ROUNDS = 1, 3
+# A backend's first calls at a new shape create oneDNN's primitives and fill caches (measured: the first four calls
+# of a small LayerNorm LSTM took 100-700x its later ones), so several untimed rounds come first, and each timed call
+# follows an untimed one of the same backend.
+WARMUP, ROUNDS = 3, 7
 SAY_WHEN_LONGER_S = 1.0
 FILE_VERSION = 1
 
-_winners: dict[str, str] = {}
+_winners: dict[str, str] = {}  # by the file's keys
+_known: dict[tuple, str] = {}  # the same winners by the call's own terms, without building a key
 _file_read = False
 
 
@@ -61,6 +66,21 @@ def applies() -> bool:
 def winner(device: torch.device, dtype: torch.dtype, workload, candidates: list[str]) -> str:
     """The fastest of `candidates` ("torch" among them, or the first one standing for what is replaced) for calls of
     `workload`'s class on `device`/`dtype`: remembered, or timed now."""
+    shape = _shape(workload)
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    known = (
+        device,
+        dtype,
+        workload.cell,
+        workload.training,
+        workload.packed,
+        workload.projected,
+        threads,
+        *shape.values(),
+    )
+    found = _known.get(known)
+    if found in candidates:  # every call of a tuned layer asks: the fast way
+        return found
     key = _key(device, dtype, workload)
     if key not in _winners:
         _read_file()
@@ -71,13 +91,13 @@ def winner(device: torch.device, dtype: torch.dtype, workload, candidates: list[
         seconds = time.perf_counter() - start
         _write_file({key: {"winner": _winners[key], "ms": times}})
         if seconds > SAY_WHEN_LONGER_S:
-            shape = _shape(workload)
             print(
                 f"fused_rnn: 'auto' timed {', '.join(candidates)} for {workload.cell} {str(dtype)[6:]} "
                 f"{'training' if workload.training else 'inference'} B={shape['batch']} H={shape['hidden']} "
                 f"T={shape['steps']} in {seconds:.1f} s: {_winners[key]} (remembered in {cache_file()})",
                 file=sys.stderr,
             )
+    _known[known] = _winners[key]
     return _winners[key]
 
 
@@ -124,6 +144,7 @@ def _machine(device) -> str:
     return f"{_cpu_model()} {torch.backends.cpu.get_cpu_capability()} {torch.get_num_threads()} threads"
 
 
+@functools.cache
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -134,6 +155,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -143,7 +165,8 @@ def _version(package: str) -> str:
 
 def measure(device, dtype, workload, candidates: list[str]) -> dict[str, float]:
     """Median ms per call of each candidate on one layer and direction of the class's shape (input size = hidden
-    size), called in turn, WARMUP rounds then ROUNDS timed ones; a backward follows each forward in training."""
+    size), called in turn, WARMUP rounds then ROUNDS timed ones, each timed call after an untimed one of the same
+    backend; a backward follows each forward in training."""
     from fused_rnn import functional
     from fused_rnn.cells import CELLS
 
@@ -183,6 +206,7 @@ def measure(device, dtype, workload, candidates: list[str]) -> dict[str, float]:
     times = {backend: [] for backend in candidates}
     for round_ in range(WARMUP + ROUNDS):
         for backend in candidates:
+            call(backend)
             start = time.perf_counter()
             call(backend)
             if round_ >= WARMUP:
@@ -228,4 +252,5 @@ def forget() -> None:
     """Forget what this process remembers (the file stays), so the file is read again."""
     global _file_read
     _winners.clear()
+    _known.clear()
     _file_read = False

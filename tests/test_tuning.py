@@ -178,3 +178,13 @@ def test_the_key_changes_with_the_versions_the_machine_and_the_class(monkeypatch
     finally:
         torch.set_num_threads(threads)
     assert len({key, *changed}) == len(changed) + 1
+
+
+def test_a_known_class_is_answered_without_building_its_key(tuned, monkeypatch):
+    """Every call of a layer on "auto" asks; rebuilding the key each time (it reads the CPU's model) once made a tuned
+    LSTM at B=1 H=256 take 0.81 ms a call where its backend took 0.26."""
+    needs_compiled_kernels()
+    monkeypatch.setattr(tuning, "measure", lambda device, dtype, workload, candidates: {"torch": 1.0, "cpu": 0.5})
+    resolve("auto", CPU, torch.float32, workload=gru_packed_training())
+    monkeypatch.setattr(tuning, "_key", lambda *args: pytest.fail("built the key of a known class"))
+    assert resolve("auto", CPU, torch.float32, workload=gru_packed_training(batch=3)) == "cpu"
