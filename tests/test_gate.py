@@ -1,5 +1,4 @@
-"""The speed gate (benchmarks.gate), which CI runs after the tests: its verdict, and a deliberately slowed "auto"
-failing it. That an unchanged "auto" passes is CI's own run of the gate."""
+"""The speed gate (benchmarks.gate): its verdict, and a deliberately slowed "auto" failing it."""
 
 import pytest
 
